@@ -1,0 +1,106 @@
+//! Configuration: behaviour in [`Config`], the denial-of-service surface in [`Limits`].
+//!
+//! Both are plain data with defaults, written into event logs so a run can be replayed.
+
+use serde::{Deserialize, Serialize};
+
+use super::deflate::DeflateConfig;
+use super::error::ConfigError;
+
+/// How a connection behaves. Build with `Config::default()` and change fields.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Byte limits; see [`Limits`].
+    pub limits: Limits,
+    /// Server: the subprotocols it speaks, most preferred first; the first one the client also
+    /// offered is chosen. Client: the subprotocols it offers. Default: none.
+    pub protocols: Vec<String>,
+    /// permessage-deflate (RFC 7692): `None` turns it off. Default: on, with context takeover
+    /// and 15-bit windows both ways, which costs about 300 KiB per connection while compressing.
+    pub deflate: Option<DeflateConfig>,
+    /// How long the opening handshake may take, from [`Event::Open`](super::Event::Open).
+    /// Default 10,000 ms: long enough for a slow client, short enough that half-open
+    /// connections do not pile up.
+    pub handshake_timeout_ms: u64,
+    /// How long to wait for the peer's close frame (or, for a client, the server's hang-up)
+    /// once a close frame was sent. Default 5,000 ms.
+    pub close_timeout_ms: u64,
+    /// Close with 1001 when nothing arrives for this long. Default: none.
+    pub idle_timeout_ms: Option<u64>,
+    /// Send a ping when nothing arrived for this long, so that an idle timeout on either side
+    /// only fires on a dead peer. Default: none.
+    pub ping_interval_ms: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            limits: Limits::default(),
+            protocols: Vec::new(),
+            deflate: Some(DeflateConfig::default()),
+            handshake_timeout_ms: 10_000,
+            close_timeout_ms: 5_000,
+            idle_timeout_ms: None,
+            ping_interval_ms: None,
+        }
+    }
+}
+
+impl Config {
+    /// Checks that the values make sense together.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first field that does not.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_handshake_len < 256 {
+            return Err(ConfigError::new("limits.max_handshake_len", "must be at least 256"));
+        }
+        if l.max_frame_len == 0 || l.max_message_len == 0 {
+            return Err(ConfigError::new("limits", "frame and message limits must be positive"));
+        }
+        if let Some(d) = &self.deflate {
+            d.validate()?;
+        }
+        for p in &self.protocols {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                return Err(ConfigError::new("protocols", "a subprotocol must be an HTTP token"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Byte limits: everything a peer can make a connection hold.
+///
+/// Worst case per connection: one partial frame header (14 bytes), the message being reassembled
+/// (`max_message_len`), and during the handshake `max_handshake_len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    /// The opening handshake's head, request or response, in bytes. Default 8 KiB, as in most
+    /// HTTP servers; a larger head is answered 431.
+    pub max_handshake_len: usize,
+    /// One frame's payload, in bytes. Default 16 MiB (Autobahn 9.1.6 sends a 16 MiB frame).
+    /// A larger frame closes with 1009.
+    pub max_frame_len: usize,
+    /// One message's payload after reassembly and inflation, in bytes. Default 64 MiB.
+    /// A larger message closes with 1009.
+    pub max_message_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_handshake_len: 8 * 1024,
+            max_frame_len: 16 << 20,
+            max_message_len: 64 << 20,
+        }
+    }
+}
+
+/// RFC 7230 §3.2.6 `tchar`.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
