@@ -1,0 +1,6 @@
+//! spool-std: spool's WebSocket server and client on plain std threads.
+#![warn(missing_docs)]
+
+pub mod handler;
+
+pub use handler::{Action, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection, StartError};

@@ -1,0 +1,233 @@
+//! The per-connection handler, shaped after glisten: `on_init` makes the connection's state,
+//! `handle` runs for every message and every user message, `on_close` runs however the
+//! connection ends. Shared by both shells: `spool-smol` re-exports these types.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use spool_core::ws::{CloseInfo, Message, Request};
+
+/// What a handler receives.
+#[derive(Debug)]
+pub enum Incoming<U> {
+    /// A message from the peer (pings and pongs included; pings are already answered).
+    Message(Message),
+    /// A message sent into this connection through its [`Mailbox`].
+    User(U),
+}
+
+/// What a handler wants after `handle`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Keep the connection open.
+    Continue,
+    /// Close it with 1000 (normal closure).
+    Stop,
+}
+
+/// An upgrade refused by [`Handler::on_upgrade`]: the HTTP status and a short body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status, 400 to 599 (403 for a refused origin).
+    pub status: u16,
+    /// Plain-text body.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// A refusal with `status` and `reason`.
+    pub fn new(status: u16, reason: impl Into<String>) -> Rejection {
+        Rejection { status, reason: reason.into() }
+    }
+}
+
+/// The application's side of a server connection. Only `on_init` and `handle` are required.
+pub trait Handler: Send + Sync + 'static {
+    /// Per-connection state, made by `on_init`.
+    type State: Send + 'static;
+    /// Messages other parts of the program send into a connection.
+    type User: Send + 'static;
+
+    /// Decides an upgrade request before it is answered: check the `Origin`, a token, the path.
+    /// The default accepts everything.
+    fn on_upgrade(&self, request: &Request) -> Result<(), Rejection> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// Runs once the WebSocket is open; returns the connection's state.
+    fn on_init(&self, conn: &mut Conn<Self::User>) -> Self::State;
+
+    /// Runs for each message from the peer and each user message.
+    fn handle(&self, state: &mut Self::State, incoming: Incoming<Self::User>, conn: &mut Conn<Self::User>) -> Next;
+
+    /// Runs exactly once for every connection whose `on_init` ran, however it ended.
+    fn on_close(&self, state: Self::State, info: &CloseInfo) {
+        let _ = (state, info);
+    }
+}
+
+/// What a shell does with a user message: queue it and wake the connection.
+pub trait MailboxSink<U>: Send + Sync {
+    /// Delivers `message`; returns it back when the connection is gone.
+    fn deliver(&self, message: U) -> Result<(), U>;
+}
+
+/// A handle for sending user messages into one connection, from any thread. Cheap to clone.
+pub struct Mailbox<U> {
+    sink: Arc<dyn MailboxSink<U>>,
+}
+
+impl<U> Clone for Mailbox<U> {
+    fn clone(&self) -> Self {
+        Mailbox { sink: self.sink.clone() }
+    }
+}
+
+impl<U> fmt::Debug for Mailbox<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Mailbox")
+    }
+}
+
+impl<U> Mailbox<U> {
+    /// A mailbox over a shell's sink.
+    pub fn new(sink: Arc<dyn MailboxSink<U>>) -> Mailbox<U> {
+        Mailbox { sink }
+    }
+
+    /// Sends `message` into the connection; it arrives in `handle` as [`Incoming::User`].
+    ///
+    /// # Errors
+    /// [`Gone`] with the message when the connection has ended.
+    pub fn send(&self, message: U) -> Result<(), Gone<U>> {
+        self.sink.deliver(message).map_err(Gone)
+    }
+}
+
+/// The connection a [`Mailbox`] points at has ended; the message comes back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gone<U>(pub U);
+
+impl<U> fmt::Display for Gone<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection is gone")
+    }
+}
+
+impl<U: fmt::Debug> std::error::Error for Gone<U> {}
+
+/// An action a handler asked for, carried out by the shell after the callback returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send a message.
+    Send(Message),
+    /// Start the close handshake.
+    Close {
+        /// Close code.
+        code: u16,
+        /// Close reason.
+        reason: String,
+    },
+}
+
+/// The connection as a handler sees it: who is on the other end, and a queue of what to send.
+pub struct Conn<U> {
+    peer: SocketAddr,
+    request: Request,
+    protocol: Option<String>,
+    mailbox: Mailbox<U>,
+    actions: Vec<Action>,
+}
+
+impl<U> Conn<U> {
+    /// Made by a shell when a connection opens.
+    pub fn new(peer: SocketAddr, request: Request, protocol: Option<String>, mailbox: Mailbox<U>) -> Conn<U> {
+        Conn { peer, request, protocol, mailbox, actions: Vec::new() }
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// The upgrade request this connection came from (path, headers, origin).
+    pub fn request(&self) -> &Request {
+        &self.request
+    }
+
+    /// The negotiated subprotocol.
+    pub fn protocol(&self) -> Option<&str> {
+        self.protocol.as_deref()
+    }
+
+    /// A mailbox for sending user messages into this connection from elsewhere.
+    pub fn mailbox(&self) -> Mailbox<U> {
+        self.mailbox.clone()
+    }
+
+    /// Queues a message to the peer; it is written when the callback returns.
+    pub fn send(&mut self, message: Message) {
+        self.actions.push(Action::Send(message));
+    }
+
+    /// Queues the close handshake.
+    pub fn close(&mut self, code: u16, reason: impl Into<String>) {
+        self.actions.push(Action::Close { code, reason: reason.into() });
+    }
+
+    /// Takes the queued actions, for the shell.
+    pub fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+}
+
+/// Why a server could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The listener closed before the acceptors were running.
+    ListenerClosed,
+    /// Binding the listener took too long.
+    ListenerTimeout,
+    /// An acceptor did not report ready in time.
+    AcceptorTimeout,
+    /// An acceptor could not start.
+    AcceptorFailed(String),
+    /// The TLS certificate or key could not be loaded.
+    Tls(String),
+    /// The WebSocket configuration is invalid.
+    Config(spool_core::ws::ConfigError),
+    /// The operating system refused (bind, listen, spawning a thread).
+    SystemError(std::io::Error),
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::ListenerClosed => f.write_str("listener closed before the server started"),
+            StartError::ListenerTimeout => f.write_str("timed out binding the listener"),
+            StartError::AcceptorTimeout => f.write_str("timed out starting the acceptors"),
+            StartError::AcceptorFailed(why) => write!(f, "acceptor failed: {why}"),
+            StartError::Tls(why) => write!(f, "tls: {why}"),
+            StartError::Config(e) => write!(f, "{e}"),
+            StartError::SystemError(e) => write!(f, "system error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StartError::SystemError(e) => Some(e),
+            StartError::Config(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::SystemError(e)
+    }
+}
