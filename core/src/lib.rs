@@ -62,4 +62,5 @@
 
 mod b64;
 pub mod rand;
+pub mod replay;
 pub mod ws;

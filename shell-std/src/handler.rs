@@ -231,3 +231,50 @@ impl From<std::io::Error> for StartError {
         StartError::SystemError(e)
     }
 }
+
+/// Why a client connection failed or ended.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The URL could not be parsed.
+    Url(spool_core::ws::UrlError),
+    /// The WebSocket configuration is invalid.
+    Config(spool_core::ws::ConfigError),
+    /// Connecting, reading or writing failed.
+    Io(std::io::Error),
+    /// TLS could not be set up (bad server name, bad CA file).
+    Tls(String),
+    /// The opening handshake failed; the text says why (status, accept key, ...).
+    Handshake(String),
+    /// The connection is closed; this says how.
+    Closed(CloseInfo),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::Url(e) => write!(f, "{e}"),
+            ClientError::Config(e) => write!(f, "{e}"),
+            ClientError::Io(e) => write!(f, "io: {e}"),
+            ClientError::Tls(why) => write!(f, "tls: {why}"),
+            ClientError::Handshake(why) => write!(f, "handshake failed: {why}"),
+            ClientError::Closed(info) => write!(f, "connection closed with {} {:?}", info.code, info.reason),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Io(e) => Some(e),
+            ClientError::Url(e) => Some(e),
+            ClientError::Config(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}

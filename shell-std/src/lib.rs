@@ -3,4 +3,4 @@
 
 pub mod handler;
 
-pub use handler::{Action, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection, StartError};
+pub use handler::{Action, ClientError, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection, StartError};
