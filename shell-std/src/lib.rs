@@ -2,5 +2,6 @@
 #![warn(missing_docs)]
 
 pub mod handler;
+pub mod tls;
 
 pub use handler::{Action, ClientError, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection, StartError};
