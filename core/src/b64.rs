@@ -9,7 +9,9 @@ pub(crate) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::E
     s.serialize_str(&STANDARD.encode(bytes))
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(d: D) -> Result<T, D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(
+    d: D,
+) -> Result<T, D::Error> {
     let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
     STANDARD
         .decode(text.as_bytes())
@@ -21,11 +23,16 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(d: D) -> 
 pub(crate) mod array {
     use super::*;
 
-    pub(crate) fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         super::serialize(bytes, s)
     }
 
-    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
         let v: Vec<u8> = super::deserialize(d)?;
         v.try_into()
             .map_err(|_| serde::de::Error::custom(format!("expected {N} bytes")))

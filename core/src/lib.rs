@@ -13,49 +13,33 @@
 //! 3. Arm one timer at `next_deadline()` and send `Tick` when it fires.
 //!
 //! ```
-//! use spool_core::ws::{ClientRequest, Config, Connection, Event, Message, Outbound, Url};
+//! use spool_core::ws::{Config, Connection, Event, Message, Outbound};
 //!
-//! // Two connections wired back to back: no sockets needed.
-//! let mut server = Connection::server(Config::default()).unwrap();
-//! let request = ClientRequest {
-//!     url: Url::parse("ws://localhost/echo").unwrap(),
-//!     key: [7; 16],
-//!     mask_seed: 42,
-//!     headers: vec![],
-//! };
-//! let mut client = Connection::client(Config::default(), request).unwrap();
+//! let mut ws = Connection::server(Config::default()).unwrap();
+//! ws.handle(Event::Open { now_ms: 0 });
 //!
-//! let mut to_server = client.handle(Event::Open { now_ms: 0 });
-//! server.handle(Event::Open { now_ms: 0 });
-//! let mut delivered = Vec::new();
-//! for now_ms in 1..10 {
-//!     let mut to_client = Vec::new();
-//!     for out in to_server.drain(..) {
-//!         if let Outbound::Transmit(bytes) = out {
-//!             for o in server.handle(Event::Receive { now_ms, bytes }) {
-//!                 match o {
-//!                     Outbound::Upgrade(_) => to_client.extend(server.handle(Event::Accept { now_ms })),
-//!                     other => to_client.push(other),
-//!                 }
-//!             }
-//!         }
-//!     }
-//!     for out in to_client {
-//!         if let Outbound::Transmit(bytes) = out {
-//!             for o in client.handle(Event::Receive { now_ms, bytes }) {
-//!                 match o {
-//!                     Outbound::Opened(_) => to_server.extend(client.handle(Event::Send {
-//!                         now_ms,
-//!                         message: Message::text("hello"),
-//!                     })),
-//!                     Outbound::Deliver(m) => delivered.push(m),
-//!                     _ => {}
-//!                 }
-//!             }
-//!         }
-//!     }
+//! // An upgrade request arrives (in any number of pieces).
+//! let request = "GET /echo HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+//!                Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+//!                Sec-WebSocket-Version: 13\r\n\r\n";
+//! for out in ws.handle(Event::Receive { now_ms: 1, bytes: request.into() }) {
+//!     // The application may look at the path and the Origin before accepting.
+//!     assert!(matches!(out, Outbound::Upgrade(ref r) if r.path() == "/echo"));
 //! }
-//! assert!(client.is_open() && server.is_open());
+//! let out = ws.handle(Event::Accept { now_ms: 2 });
+//! assert!(matches!(&out[0], Outbound::Transmit(b) if b.starts_with(b"HTTP/1.1 101")));
+//!
+//! // A masked text frame "hi" from the client.
+//! let frame = vec![0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+//! let out = ws.handle(Event::Receive { now_ms: 3, bytes: frame.into() });
+//! assert_eq!(out, [Outbound::Deliver(Message::text("hi"))]);
+//!
+//! // Echo it: the server's frame is unmasked.
+//! let out = ws.handle(Event::Send { now_ms: 4, message: Message::text("hi") });
+//! assert_eq!(out, [Outbound::Transmit(vec![0x81, 2, b'h', b'i'].into())]);
+//!
+//! // Nothing is due until the handshake-free idle connection is told otherwise.
+//! assert_eq!(ws.next_deadline(), None);
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

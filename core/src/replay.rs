@@ -36,7 +36,9 @@ impl Setup {
     pub fn connection(&self) -> Result<ws::Connection, ws::ConfigError> {
         match self {
             Setup::Server { config } => ws::Connection::server(config.clone()),
-            Setup::Client { config, request } => ws::Connection::client(config.clone(), request.clone()),
+            Setup::Client { config, request } => {
+                ws::Connection::client(config.clone(), request.clone())
+            }
         }
     }
 }
@@ -66,7 +68,9 @@ impl std::fmt::Display for ReplayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ReplayError::Parse(line, e) => write!(f, "line {line}: {e}"),
-            ReplayError::Setup(line) => write!(f, "line {line}: a log has exactly one setup line, first"),
+            ReplayError::Setup(line) => {
+                write!(f, "line {line}: a log has exactly one setup line, first")
+            }
             ReplayError::Config(e) => write!(f, "{e}"),
         }
     }
@@ -81,10 +85,16 @@ impl std::error::Error for ReplayError {}
 pub fn replay_ws(log: &str) -> Result<Vec<(ws::Event, Vec<ws::Outbound>)>, ReplayError> {
     let mut conn = None;
     let mut steps = Vec::new();
-    for (i, text) in log.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (i, text) in log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let line: Line = serde_json::from_str(text).map_err(|e| ReplayError::Parse(i + 1, e))?;
         match (line, conn.as_mut()) {
-            (Line::Setup(setup), None) => conn = Some(setup.connection().map_err(ReplayError::Config)?),
+            (Line::Setup(setup), None) => {
+                conn = Some(setup.connection().map_err(ReplayError::Config)?)
+            }
             (Line::Event(event), Some(c)) => {
                 let out = c.handle(event.clone());
                 steps.push((event, out));
@@ -116,9 +126,15 @@ pub fn render_outbounds(out: &[ws::Outbound]) -> String {
 
 /// Printable ASCII as a quoted string; anything else as hex.
 pub fn render_bytes(b: &[u8]) -> String {
-    if !b.is_empty() && b.iter().all(|c| c.is_ascii_graphic() || matches!(c, b' ' | b'\r' | b'\n')) {
+    if !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_graphic() || matches!(c, b' ' | b'\r' | b'\n'))
+    {
         format!("{:?}", String::from_utf8_lossy(b))
     } else {
-        b.iter().map(|c| format!("{c:02x}")).collect::<Vec<_>>().join("")
+        b.iter()
+            .map(|c| format!("{c:02x}"))
+            .collect::<Vec<_>>()
+            .join("")
     }
 }

@@ -55,17 +55,26 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
         if l.max_handshake_len < 256 {
-            return Err(ConfigError::new("limits.max_handshake_len", "must be at least 256"));
+            return Err(ConfigError::new(
+                "limits.max_handshake_len",
+                "must be at least 256",
+            ));
         }
         if l.max_frame_len == 0 || l.max_message_len == 0 {
-            return Err(ConfigError::new("limits", "frame and message limits must be positive"));
+            return Err(ConfigError::new(
+                "limits",
+                "frame and message limits must be positive",
+            ));
         }
         if let Some(d) = &self.deflate {
             d.validate()?;
         }
         for p in &self.protocols {
             if p.is_empty() || !p.bytes().all(is_token_byte) {
-                return Err(ConfigError::new("protocols", "a subprotocol must be an HTTP token"));
+                return Err(ConfigError::new(
+                    "protocols",
+                    "a subprotocol must be an HTTP token",
+                ));
             }
         }
         Ok(())

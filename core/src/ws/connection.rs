@@ -142,7 +142,11 @@ impl Connection {
         Connection::new(config, Role::Client, Some(ClientSide { request, key, rng }))
     }
 
-    fn new(config: Config, role: Role, client: Option<ClientSide>) -> Result<Connection, ConfigError> {
+    fn new(
+        config: Config,
+        role: Role,
+        client: Option<ClientSide>,
+    ) -> Result<Connection, ConfigError> {
         config.validate()?;
         Ok(Connection {
             config,
@@ -197,7 +201,11 @@ impl Connection {
                 consider(self.last_receive_ms.saturating_add(idle));
             }
             if let Some(interval) = self.config.ping_interval_ms {
-                consider(self.last_receive_ms.max(self.last_ping_ms).saturating_add(interval));
+                consider(
+                    self.last_receive_ms
+                        .max(self.last_ping_ms)
+                        .saturating_add(interval),
+                );
             }
         }
         next
@@ -251,7 +259,9 @@ impl Connection {
         }
         self.last_receive_ms = self.now_ms;
         if self.buf.is_empty() {
-            self.buf = bytes.try_into_mut().unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+            self.buf = bytes
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
         } else {
             self.buf.extend_from_slice(&bytes);
         }
@@ -304,7 +314,9 @@ impl Connection {
         if self.phase != Phase::AwaitingDecision {
             return;
         }
-        let Some(offer) = self.offer.take() else { return };
+        let Some(offer) = self.offer.take() else {
+            return;
+        };
         out.push(Outbound::Transmit(handshake::accept_response(&offer)));
         self.open(offer.request.protocol, offer.deflate.map(|(p, _)| p), out);
         self.read_frames(out);
@@ -315,21 +327,35 @@ impl Connection {
             return;
         }
         self.offer = None;
-        let status = if (400..=599).contains(&status) { status } else { 403 };
-        out.push(Outbound::Transmit(handshake::error_response(status, reason)));
+        let status = if (400..=599).contains(&status) {
+            status
+        } else {
+            403
+        };
+        out.push(Outbound::Transmit(handshake::error_response(
+            status, reason,
+        )));
         self.finish(1006, reason.to_string(), false, Initiator::Local, out);
         out.push(Outbound::Disconnect);
     }
 
     fn fail_handshake(&mut self, error: HandshakeError, out: &mut Vec<Outbound>) {
         if self.role == Role::Server {
-            out.push(Outbound::Transmit(handshake::error_response(error.status(), &error.to_string())));
+            out.push(Outbound::Transmit(handshake::error_response(
+                error.status(),
+                &error.to_string(),
+            )));
         }
         self.finish(1006, error.to_string(), false, Initiator::Local, out);
         out.push(Outbound::Disconnect);
     }
 
-    fn open(&mut self, protocol: Option<String>, deflate: Option<DeflateParams>, out: &mut Vec<Outbound>) {
+    fn open(
+        &mut self,
+        protocol: Option<String>,
+        deflate: Option<DeflateParams>,
+        out: &mut Vec<Outbound>,
+    ) {
         self.phase = Phase::Open;
         self.timers.handshake = None;
         self.deflate = deflate;
@@ -362,7 +388,10 @@ impl Connection {
                 };
                 self.check_header(&header)?;
                 self.buf.advance(len);
-                let f = FrameInProgress { header, consumed: 0 };
+                let f = FrameInProgress {
+                    header,
+                    consumed: 0,
+                };
                 self.frame = Some(f);
                 f
             }
@@ -391,10 +420,14 @@ impl Connection {
             apply_mask(&mut chunk, key, frame.consumed as usize);
         }
         let frame_done = take as u64 == remaining;
-        self.frame = frame_done.then_some(()).map_or(
-            Some(FrameInProgress { header: h, consumed: frame.consumed + take as u64 }),
-            |_| None,
-        );
+        self.frame = if frame_done {
+            None
+        } else {
+            Some(FrameInProgress {
+                header: h,
+                consumed: frame.consumed + take as u64,
+            })
+        };
         self.on_data(chunk, frame_done && h.fin, out)?;
         Ok(frame_done)
     }
@@ -415,10 +448,17 @@ impl Connection {
         }
         match (h.opcode, &self.message) {
             (Opcode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
-            (Opcode::Text | Opcode::Binary, Some(_)) => return Err(ProtocolError::ExpectedContinuation),
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
             _ => {}
         }
-        if self.phase == Phase::Closing && self.close.as_ref().is_some_and(|c| c.2 == Initiator::Remote) {
+        if self.phase == Phase::Closing
+            && self
+                .close
+                .as_ref()
+                .is_some_and(|c| c.2 == Initiator::Remote)
+        {
             return Err(ProtocolError::DataAfterClose);
         }
         if !h.opcode.is_control() {
@@ -440,15 +480,23 @@ impl Connection {
     }
 
     /// Takes a piece of a data frame's payload, unmasked; `last` ends the message.
-    fn on_data(&mut self, chunk: BytesMut, last: bool, out: &mut Vec<Outbound>) -> Result<(), ProtocolError> {
+    fn on_data(
+        &mut self,
+        chunk: BytesMut,
+        last: bool,
+        out: &mut Vec<Outbound>,
+    ) -> Result<(), ProtocolError> {
         let limit = self.config.limits.max_message_len;
         // check_header opened the message before any payload arrived.
-        let Some(msg) = self.message.as_mut() else { return Ok(()) };
+        let Some(msg) = self.message.as_mut() else {
+            return Ok(());
+        };
         if last && !msg.compressed && msg.data.is_empty() {
             // The common case, a whole message in one frame: hand the buffer over uncopied.
             let msg = self.message.take().unwrap_or_else(|| unreachable!());
             let message = if msg.text {
-                let text = String::from_utf8(Vec::from(chunk)).map_err(|_| ProtocolError::InvalidUtf8)?;
+                let text =
+                    String::from_utf8(Vec::from(chunk)).map_err(|_| ProtocolError::InvalidUtf8)?;
                 Message::Text(text)
             } else {
                 Message::Binary(chunk.freeze())
@@ -460,9 +508,9 @@ impl Connection {
         }
         let before = msg.data.len();
         if msg.compressed {
-            let inflater = self
-                .inflater
-                .get_or_insert_with(|| Inflater::new(peer_no_context_takeover(self.role, self.deflate)));
+            let inflater = self.inflater.get_or_insert_with(|| {
+                Inflater::new(peer_no_context_takeover(self.role, self.deflate))
+            });
             inflater.feed(&chunk, &mut msg.data, limit)?;
             if last {
                 inflater.finish(&mut msg.data, limit)?;
@@ -471,7 +519,9 @@ impl Connection {
             msg.data.extend_from_slice(&chunk);
         }
         if msg.text {
-            msg.utf8.feed(&msg.data[before..]).map_err(|_| ProtocolError::InvalidUtf8)?;
+            msg.utf8
+                .feed(&msg.data[before..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
         }
         if !last {
             return Ok(());
@@ -489,7 +539,12 @@ impl Connection {
         Ok(())
     }
 
-    fn on_control(&mut self, opcode: Opcode, payload: Bytes, out: &mut Vec<Outbound>) -> Result<(), ProtocolError> {
+    fn on_control(
+        &mut self,
+        opcode: Opcode,
+        payload: Bytes,
+        out: &mut Vec<Outbound>,
+    ) -> Result<(), ProtocolError> {
         match opcode {
             Opcode::Ping => {
                 if self.phase == Phase::Open {
@@ -509,7 +564,11 @@ impl Connection {
         Ok(())
     }
 
-    fn on_close_frame(&mut self, payload: &[u8], out: &mut Vec<Outbound>) -> Result<(), ProtocolError> {
+    fn on_close_frame(
+        &mut self,
+        payload: &[u8],
+        out: &mut Vec<Outbound>,
+    ) -> Result<(), ProtocolError> {
         // RFC 6455 §5.5.1: empty, or a 2-byte code and a UTF-8 reason.
         let (code, reason) = match payload {
             [] => (1005, String::new()),
@@ -526,11 +585,18 @@ impl Connection {
         self.message = None;
         if self.close.is_none() {
             // Echo the peer's code (§5.5.1), or an empty close if it sent none.
-            let echo = if code == 1005 { Bytes::new() } else { Bytes::copy_from_slice(&payload[..2]) };
+            let echo = if code == 1005 {
+                Bytes::new()
+            } else {
+                Bytes::copy_from_slice(&payload[..2])
+            };
             self.push_frame(Opcode::Close, false, echo, out);
             self.close = Some((code, reason, Initiator::Remote));
         }
-        let (code, reason, initiator) = self.close.clone().unwrap_or((code, String::new(), Initiator::Remote));
+        let (code, reason, initiator) =
+            self.close
+                .clone()
+                .unwrap_or((code, String::new(), Initiator::Remote));
         self.finish(code, reason, true, initiator, out);
         self.end_transport(out);
         Ok(())
@@ -560,7 +626,13 @@ impl Connection {
         if self.close.is_none() {
             self.push_close(code, error.as_str(), out);
         }
-        self.finish(code, error.as_str().to_string(), false, Initiator::Local, out);
+        self.finish(
+            code,
+            error.as_str().to_string(),
+            false,
+            Initiator::Local,
+            out,
+        );
         self.phase = Phase::Done;
         self.timers = Timers::default();
         self.buf = BytesMut::new();
@@ -583,8 +655,14 @@ impl Connection {
         let threshold = self.config.deflate.map_or(usize::MAX, |d| d.threshold_len);
         match self.deflate {
             Some(params) if !opcode.is_control() && payload.len() >= threshold => {
-                let (level, bits, reset) = own_compression(self.role, &params, self.config.deflate.map_or(1, |d| d.level));
-                let deflater = self.deflater.get_or_insert_with(|| Deflater::new(level, bits, reset));
+                let (level, bits, reset) = own_compression(
+                    self.role,
+                    &params,
+                    self.config.deflate.map_or(1, |d| d.level),
+                );
+                let deflater = self
+                    .deflater
+                    .get_or_insert_with(|| Deflater::new(level, bits, reset));
                 let compressed = deflater.compress(&payload);
                 self.push_frame(opcode, true, Bytes::from(compressed), out);
             }
@@ -595,7 +673,11 @@ impl Connection {
     fn on_close_requested(&mut self, code: u16, reason: &str, out: &mut Vec<Outbound>) {
         match self.phase {
             Phase::Open => {
-                let code = if is_valid_close_code(code) { code } else { 1000 };
+                let code = if is_valid_close_code(code) {
+                    code
+                } else {
+                    1000
+                };
                 self.push_close(code, reason, out);
             }
             Phase::Fresh | Phase::Handshake | Phase::AwaitingDecision => {
@@ -634,7 +716,10 @@ impl Connection {
         if self.timers.close.is_some_and(|t| now >= t) {
             self.timers.close = None;
             if self.phase == Phase::Closing {
-                let (code, reason, initiator) = self.close.clone().unwrap_or((1006, String::new(), Initiator::Local));
+                let (code, reason, initiator) =
+                    self.close
+                        .clone()
+                        .unwrap_or((1006, String::new(), Initiator::Local));
                 self.finish(code, reason, false, initiator, out);
             }
             if matches!(self.phase, Phase::Closing | Phase::Draining) {
@@ -653,7 +738,12 @@ impl Connection {
             }
         }
         if let Some(interval) = self.config.ping_interval_ms {
-            if now >= self.last_receive_ms.max(self.last_ping_ms).saturating_add(interval) {
+            if now
+                >= self
+                    .last_receive_ms
+                    .max(self.last_ping_ms)
+                    .saturating_add(interval)
+            {
                 self.last_ping_ms = now;
                 self.push_frame(Opcode::Ping, false, Bytes::new(), out);
             }
@@ -673,12 +763,24 @@ impl Connection {
     }
 
     /// Reports the end of the connection, once.
-    fn finish(&mut self, code: u16, reason: String, clean: bool, initiator: Initiator, out: &mut Vec<Outbound>) {
+    fn finish(
+        &mut self,
+        code: u16,
+        reason: String,
+        clean: bool,
+        initiator: Initiator,
+        out: &mut Vec<Outbound>,
+    ) {
         if self.closed_reported {
             return;
         }
         self.closed_reported = true;
-        out.push(Outbound::Closed(CloseInfo { code, reason, clean, initiator }));
+        out.push(Outbound::Closed(CloseInfo {
+            code,
+            reason,
+            clean,
+            initiator,
+        }));
     }
 
     /// Frames `payload` and queues it. Small frames go out as one buffer; a large server payload
@@ -710,7 +812,9 @@ impl Connection {
                 out.push(Outbound::Transmit(frame.freeze()));
             }
             None => {
-                out.push(Outbound::Transmit(Bytes::copy_from_slice(&head[..head_len])));
+                out.push(Outbound::Transmit(Bytes::copy_from_slice(
+                    &head[..head_len],
+                )));
                 out.push(Outbound::Transmit(payload));
             }
         }
@@ -732,8 +836,16 @@ fn peer_no_context_takeover(role: Role, params: Option<DeflateParams>) -> bool {
 /// This side's compressor settings: level, window bits, reset after each message.
 fn own_compression(role: Role, params: &DeflateParams, level: u32) -> (u32, u8, bool) {
     match role {
-        Role::Server => (level, params.server_max_window_bits, params.server_no_context_takeover),
-        Role::Client => (level, params.client_max_window_bits, params.client_no_context_takeover),
+        Role::Server => (
+            level,
+            params.server_max_window_bits,
+            params.server_no_context_takeover,
+        ),
+        Role::Client => (
+            level,
+            params.client_max_window_bits,
+            params.client_no_context_takeover,
+        ),
     }
 }
 

@@ -48,8 +48,13 @@ impl Default for DeflateConfig {
 impl DeflateConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         let bits = 8..=15;
-        if !bits.contains(&self.server_max_window_bits) || !bits.contains(&self.client_max_window_bits) {
-            return Err(ConfigError::new("deflate.*_max_window_bits", "must be from 8 to 15"));
+        if !bits.contains(&self.server_max_window_bits)
+            || !bits.contains(&self.client_max_window_bits)
+        {
+            return Err(ConfigError::new(
+                "deflate.*_max_window_bits",
+                "must be from 8 to 15",
+            ));
         }
         if self.level > 9 {
             return Err(ConfigError::new("deflate.level", "must be from 0 to 9"));
@@ -82,10 +87,16 @@ impl DeflateParams {
             s.push_str("; client_no_context_takeover");
         }
         if self.server_max_window_bits < 15 {
-            s.push_str(&format!("; server_max_window_bits={}", self.server_max_window_bits));
+            s.push_str(&format!(
+                "; server_max_window_bits={}",
+                self.server_max_window_bits
+            ));
         }
         if client_bits_requested && self.client_max_window_bits < 15 {
-            s.push_str(&format!("; client_max_window_bits={}", self.client_max_window_bits));
+            s.push_str(&format!(
+                "; client_max_window_bits={}",
+                self.client_max_window_bits
+            ));
         }
         s
     }
@@ -179,11 +190,17 @@ pub(crate) fn offer(config: &DeflateConfig) -> String {
         s.push_str("; client_no_context_takeover");
     }
     if config.server_max_window_bits < 15 {
-        s.push_str(&format!("; server_max_window_bits={}", config.server_max_window_bits));
+        s.push_str(&format!(
+            "; server_max_window_bits={}",
+            config.server_max_window_bits
+        ));
     }
     // Always say we can limit our window, so the server may ask for a smaller one.
     if config.client_max_window_bits < 15 {
-        s.push_str(&format!("; client_max_window_bits={}", config.client_max_window_bits));
+        s.push_str(&format!(
+            "; client_max_window_bits={}",
+            config.client_max_window_bits
+        ));
     } else {
         s.push_str("; client_max_window_bits");
     }
@@ -191,7 +208,10 @@ pub(crate) fn offer(config: &DeflateConfig) -> String {
 }
 
 /// Client side: checks the server's answer against what was offered (§7.1).
-pub(crate) fn accept_answer(header: &str, config: &DeflateConfig) -> Result<DeflateParams, HandshakeError> {
+pub(crate) fn accept_answer(
+    header: &str,
+    config: &DeflateConfig,
+) -> Result<DeflateParams, HandshakeError> {
     let entries = deflate_entries(header);
     let [answer] = entries.as_slice() else {
         return Err(HandshakeError::Unrequested("extension"));
@@ -257,7 +277,10 @@ impl Deflater {
             }
             // A sync flush on an in-memory stream only fails on a corrupted state, which would
             // be a bug in flate2; the empty result then becomes an empty message.
-            let Ok(status) = self.inner.compress_vec(&input[consumed..], &mut out, FlushCompress::Sync) else {
+            let Ok(status) =
+                self.inner
+                    .compress_vec(&input[consumed..], &mut out, FlushCompress::Sync)
+            else {
                 break;
             };
             let done = (self.inner.total_in() - start_in) as usize == input.len();
@@ -294,7 +317,12 @@ impl Inflater {
     }
 
     /// Inflates `input` onto the end of `out`, never letting `out` pass `limit` bytes.
-    pub(crate) fn feed(&mut self, input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), ProtocolError> {
+    pub(crate) fn feed(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), ProtocolError> {
         let start_in = self.inner.total_in();
         loop {
             let consumed = (self.inner.total_in() - start_in) as usize;
@@ -302,7 +330,9 @@ impl Inflater {
                 if out.len() > limit {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                let room = (input.len() * 4).clamp(4096, 1 << 20).min(limit + 1 - out.len());
+                let room = (input.len() * 4)
+                    .clamp(4096, 1 << 20)
+                    .min(limit + 1 - out.len());
                 out.reserve_exact(room.max(1));
             }
             let before_out = out.len();
@@ -394,7 +424,10 @@ mod tests {
         assert!(wire.len() < 2048);
         let mut i = Inflater::new(false);
         let mut out = Vec::new();
-        assert_eq!(i.feed(&wire, &mut out, 1000), Err(ProtocolError::MessageTooBig));
+        assert_eq!(
+            i.feed(&wire, &mut out, 1000),
+            Err(ProtocolError::MessageTooBig)
+        );
         assert!(out.capacity() < 1 << 20, "held {} bytes", out.capacity());
     }
 }

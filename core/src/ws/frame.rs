@@ -193,10 +193,22 @@ mod tests {
 
     #[test]
     fn rejects_what_the_rfc_forbids() {
-        assert_eq!(FrameHeader::parse(&[0x83, 0]), Err(ProtocolError::InvalidOpcode));
-        assert_eq!(FrameHeader::parse(&[0x09, 0]), Err(ProtocolError::FragmentedControl));
-        assert_eq!(FrameHeader::parse(&[0x89, 126]), Err(ProtocolError::ControlTooLong));
-        assert_eq!(FrameHeader::parse(&[0x82, 126, 0, 5]), Err(ProtocolError::BadLength));
+        assert_eq!(
+            FrameHeader::parse(&[0x83, 0]),
+            Err(ProtocolError::InvalidOpcode)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x09, 0]),
+            Err(ProtocolError::FragmentedControl)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x89, 126]),
+            Err(ProtocolError::ControlTooLong)
+        );
+        assert_eq!(
+            FrameHeader::parse(&[0x82, 126, 0, 5]),
+            Err(ProtocolError::BadLength)
+        );
         let mut huge = vec![0x82, 127];
         huge.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(FrameHeader::parse(&huge), Err(ProtocolError::BadLength));

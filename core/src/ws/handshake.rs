@@ -35,7 +35,10 @@ pub(crate) struct ServerOffer {
 
 /// Parses the request head at the start of `buf`. `Ok(None)`: incomplete, read more.
 /// On success also returns the head's length; bytes after it belong to the frame stream.
-pub(crate) fn parse_request(buf: &[u8], config: &Config) -> Result<Option<(ServerOffer, usize)>, HandshakeError> {
+pub(crate) fn parse_request(
+    buf: &[u8],
+    config: &Config,
+) -> Result<Option<(ServerOffer, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -65,7 +68,9 @@ pub(crate) fn parse_request(buf: &[u8], config: &Config) -> Result<Option<(Serve
     for h in req.headers.iter() {
         let value = std::str::from_utf8(h.value)
             .map_err(|_| HandshakeError::Malformed(format!("{} is not utf-8", h.name)))?;
-        request.headers.push((h.name.to_ascii_lowercase(), value.trim().to_string()));
+        request
+            .headers
+            .push((h.name.to_ascii_lowercase(), value.trim().to_string()));
     }
     let all = |name: &str| -> Vec<&str> {
         request
@@ -77,11 +82,20 @@ pub(crate) fn parse_request(buf: &[u8], config: &Config) -> Result<Option<(Serve
             .filter(|v| !v.is_empty())
             .collect()
     };
-    request.host = request.header("host").ok_or(HandshakeError::Header("host"))?.to_string();
-    if !all("upgrade").iter().any(|v| v.eq_ignore_ascii_case("websocket")) {
+    request.host = request
+        .header("host")
+        .ok_or(HandshakeError::Header("host"))?
+        .to_string();
+    if !all("upgrade")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("websocket"))
+    {
         return Err(HandshakeError::Header("upgrade"));
     }
-    if !all("connection").iter().any(|v| v.eq_ignore_ascii_case("upgrade")) {
+    if !all("connection")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("upgrade"))
+    {
         return Err(HandshakeError::Header("connection"));
     }
     if request.header("sec-websocket-version") != Some("13") {
@@ -93,15 +107,28 @@ pub(crate) fn parse_request(buf: &[u8], config: &Config) -> Result<Option<(Serve
         .ok_or(HandshakeError::Header("sec-websocket-key"))?
         .to_string();
     request.origin = request.header("origin").map(str::to_string);
-    request.offered_protocols = all("sec-websocket-protocol").into_iter().map(str::to_string).collect();
+    request.offered_protocols = all("sec-websocket-protocol")
+        .into_iter()
+        .map(str::to_string)
+        .collect();
     request.protocol = config
         .protocols
         .iter()
         .find(|p| request.offered_protocols.contains(p))
         .cloned();
     let extensions = all("sec-websocket-extensions").join(",");
-    let deflate = config.deflate.as_ref().and_then(|d| deflate::negotiate(&extensions, d));
-    Ok(Some((ServerOffer { request, key, deflate }, head_len)))
+    let deflate = config
+        .deflate
+        .as_ref()
+        .and_then(|d| deflate::negotiate(&extensions, d));
+    Ok(Some((
+        ServerOffer {
+            request,
+            key,
+            deflate,
+        },
+        head_len,
+    )))
 }
 
 /// The 101 answer.
@@ -149,17 +176,28 @@ pub(crate) fn error_response(status: u16, body: &str) -> Bytes {
 
 /// The client's request. Header names and values the user gave that could break the head are
 /// dropped rather than sent.
-pub(crate) fn client_request(url: &Url, key: &str, config: &Config, extra_headers: &[(String, String)]) -> Bytes {
+pub(crate) fn client_request(
+    url: &Url,
+    key: &str,
+    config: &Config,
+    extra_headers: &[(String, String)],
+) -> Bytes {
     let mut s = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n",
         url.target,
         url.authority()
     );
     if !config.protocols.is_empty() {
-        s.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", config.protocols.join(", ")));
+        s.push_str(&format!(
+            "Sec-WebSocket-Protocol: {}\r\n",
+            config.protocols.join(", ")
+        ));
     }
     if let Some(d) = &config.deflate {
-        s.push_str(&format!("Sec-WebSocket-Extensions: {}\r\n", deflate::offer(d)));
+        s.push_str(&format!(
+            "Sec-WebSocket-Extensions: {}\r\n",
+            deflate::offer(d)
+        ));
     }
     for (name, value) in extra_headers {
         let name_ok = !name.is_empty() && name.bytes().all(is_token_byte);
@@ -205,10 +243,16 @@ pub(crate) fn parse_response(
             .filter(|v| !v.is_empty())
             .collect()
     };
-    if !header("upgrade").iter().any(|v| v.eq_ignore_ascii_case("websocket")) {
+    if !header("upgrade")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("websocket"))
+    {
         return Err(HandshakeError::Header("upgrade"));
     }
-    if !header("connection").iter().any(|v| v.eq_ignore_ascii_case("upgrade")) {
+    if !header("connection")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("upgrade"))
+    {
         return Err(HandshakeError::Header("connection"));
     }
     if header("sec-websocket-accept").first().copied() != Some(accept_key(key).as_str()) {
@@ -235,6 +279,9 @@ mod tests {
     #[test]
     fn accept_key_matches_rfc_6455_example() {
         // RFC 6455 §1.3.
-        assert_eq!(accept_key("dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 }

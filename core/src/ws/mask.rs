@@ -15,7 +15,9 @@ pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
         key[(rot + 2) % 4],
         key[(rot + 3) % 4],
     ];
-    let word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
+    let word = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut b = [0u8; 8];

@@ -58,7 +58,12 @@ impl Url {
         if host.is_empty() {
             return Err(UrlError::Host);
         }
-        Ok(Url { secure, host, port, target })
+        Ok(Url {
+            secure,
+            host,
+            port,
+            target,
+        })
     }
 
     /// The value of the `Host` header: the host, and the port unless it is the scheme's default.
@@ -113,10 +118,16 @@ mod tests {
     #[test]
     fn parses_the_usual_forms() {
         let u = Url::parse("ws://127.0.0.1:9001/runCase?case=1&agent=spool").unwrap();
-        assert_eq!((u.secure, u.host.as_str(), u.port), (false, "127.0.0.1", 9001));
+        assert_eq!(
+            (u.secure, u.host.as_str(), u.port),
+            (false, "127.0.0.1", 9001)
+        );
         assert_eq!(u.target, "/runCase?case=1&agent=spool");
         let u = Url::parse("wss://example.com").unwrap();
-        assert_eq!((u.port, u.target.as_str(), u.authority()), (443, "/", "example.com".into()));
+        assert_eq!(
+            (u.port, u.target.as_str(), u.authority()),
+            (443, "/", "example.com".into())
+        );
         let u = Url::parse("ws://[::1]:80?x#frag").unwrap();
         assert_eq!((u.host.as_str(), u.target.as_str()), ("::1", "/?x"));
         assert_eq!(u.to_string(), "ws://[::1]/?x");
