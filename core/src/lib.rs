@@ -45,6 +45,8 @@
 #![warn(missing_docs)]
 
 mod b64;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod rand;
 pub mod replay;
 pub mod ws;

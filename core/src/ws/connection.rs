@@ -336,7 +336,7 @@ impl Connection {
             status, reason,
         )));
         self.finish(1006, reason.to_string(), false, Initiator::Local, out);
-        out.push(Outbound::Disconnect);
+        self.hang_up(out);
     }
 
     fn fail_handshake(&mut self, error: HandshakeError, out: &mut Vec<Outbound>) {
@@ -347,6 +347,17 @@ impl Connection {
             )));
         }
         self.finish(1006, error.to_string(), false, Initiator::Local, out);
+        self.hang_up(out);
+    }
+
+    /// Ends the connection from this side: no more input is read and no timer is left.
+    fn hang_up(&mut self, out: &mut Vec<Outbound>) {
+        self.phase = Phase::Done;
+        self.timers = Timers::default();
+        self.offer = None;
+        self.buf = BytesMut::new();
+        self.frame = None;
+        self.message = None;
         out.push(Outbound::Disconnect);
     }
 
@@ -633,12 +644,7 @@ impl Connection {
             Initiator::Local,
             out,
         );
-        self.phase = Phase::Done;
-        self.timers = Timers::default();
-        self.buf = BytesMut::new();
-        self.frame = None;
-        self.message = None;
-        out.push(Outbound::Disconnect);
+        self.hang_up(out);
     }
 
     fn on_send(&mut self, message: Message, out: &mut Vec<Outbound>) {
@@ -682,9 +688,7 @@ impl Connection {
             }
             Phase::Fresh | Phase::Handshake | Phase::AwaitingDecision => {
                 self.finish(1006, reason.to_string(), false, Initiator::Local, out);
-                self.phase = Phase::Done;
-                self.timers = Timers::default();
-                out.push(Outbound::Disconnect);
+                self.hang_up(out);
             }
             Phase::Closing | Phase::Draining | Phase::Done => {}
         }
@@ -707,9 +711,7 @@ impl Connection {
         if self.timers.handshake.is_some_and(|t| now >= t) {
             self.timers.handshake = None;
             if matches!(self.phase, Phase::Handshake | Phase::AwaitingDecision) {
-                self.offer = None;
                 self.fail_handshake(HandshakeError::Timeout, out);
-                self.phase = Phase::Done;
                 return;
             }
         }
@@ -723,8 +725,7 @@ impl Connection {
                 self.finish(code, reason, false, initiator, out);
             }
             if matches!(self.phase, Phase::Closing | Phase::Draining) {
-                self.phase = Phase::Done;
-                out.push(Outbound::Disconnect);
+                self.hang_up(out);
             }
             return;
         }
