@@ -113,8 +113,10 @@ pub fn ws_client_handshake(data: &[u8]) {
         mask_seed: 0,
         headers: Vec::new(),
     };
-    let mut config = Config::default();
-    config.protocols = vec!["chat".into()];
+    let config = Config {
+        protocols: vec!["chat".into()],
+        ..Config::default()
+    };
     let Ok(mut ws) = Connection::client(config, request) else {
         return;
     };

@@ -38,7 +38,10 @@ pub struct Rejection {
 impl Rejection {
     /// A refusal with `status` and `reason`.
     pub fn new(status: u16, reason: impl Into<String>) -> Rejection {
-        Rejection { status, reason: reason.into() }
+        Rejection {
+            status,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -60,7 +63,12 @@ pub trait Handler: Send + Sync + 'static {
     fn on_init(&self, conn: &mut Conn<Self::User>) -> Self::State;
 
     /// Runs for each message from the peer and each user message.
-    fn handle(&self, state: &mut Self::State, incoming: Incoming<Self::User>, conn: &mut Conn<Self::User>) -> Next;
+    fn handle(
+        &self,
+        state: &mut Self::State,
+        incoming: Incoming<Self::User>,
+        conn: &mut Conn<Self::User>,
+    ) -> Next;
 
     /// Runs exactly once for every connection whose `on_init` ran, however it ended.
     fn on_close(&self, state: Self::State, info: &CloseInfo) {
@@ -81,7 +89,9 @@ pub struct Mailbox<U> {
 
 impl<U> Clone for Mailbox<U> {
     fn clone(&self) -> Self {
-        Mailbox { sink: self.sink.clone() }
+        Mailbox {
+            sink: self.sink.clone(),
+        }
     }
 }
 
@@ -143,8 +153,19 @@ pub struct Conn<U> {
 
 impl<U> Conn<U> {
     /// Made by a shell when a connection opens.
-    pub fn new(peer: SocketAddr, request: Request, protocol: Option<String>, mailbox: Mailbox<U>) -> Conn<U> {
-        Conn { peer, request, protocol, mailbox, actions: Vec::new() }
+    pub fn new(
+        peer: SocketAddr,
+        request: Request,
+        protocol: Option<String>,
+        mailbox: Mailbox<U>,
+    ) -> Conn<U> {
+        Conn {
+            peer,
+            request,
+            protocol,
+            mailbox,
+            actions: Vec::new(),
+        }
     }
 
     /// The peer's address.
@@ -174,7 +195,10 @@ impl<U> Conn<U> {
 
     /// Queues the close handshake.
     pub fn close(&mut self, code: u16, reason: impl Into<String>) {
-        self.actions.push(Action::Close { code, reason: reason.into() });
+        self.actions.push(Action::Close {
+            code,
+            reason: reason.into(),
+        });
     }
 
     /// Takes the queued actions, for the shell.
@@ -257,7 +281,9 @@ impl fmt::Display for ClientError {
             ClientError::Io(e) => write!(f, "io: {e}"),
             ClientError::Tls(why) => write!(f, "tls: {why}"),
             ClientError::Handshake(why) => write!(f, "handshake failed: {why}"),
-            ClientError::Closed(info) => write!(f, "connection closed with {} {:?}", info.code, info.reason),
+            ClientError::Closed(info) => {
+                write!(f, "connection closed with {} {:?}", info.code, info.reason)
+            }
         }
     }
 }

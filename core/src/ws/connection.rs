@@ -117,6 +117,8 @@ pub struct Connection {
     /// The first close frame of the close handshake, and who sent it.
     close: Option<(u16, String, Initiator)>,
     closed_reported: bool,
+    /// A protocol error found after messages were delivered in the same call; see `read_frames`.
+    deferred_failure: Option<ProtocolError>,
     timers: Timers,
     now_ms: u64,
     last_receive_ms: u64,
@@ -162,6 +164,7 @@ impl Connection {
             inflater: None,
             close: None,
             closed_reported: false,
+            deferred_failure: None,
             timers: Timers::default(),
             now_ms: 0,
             last_receive_ms: 0,
@@ -191,6 +194,9 @@ impl Connection {
 
     /// The instant of the next timer, if any: the shell sends [`Event::Tick`] then.
     pub fn next_deadline(&self) -> Option<u64> {
+        if self.deferred_failure.is_some() {
+            return Some(self.now_ms);
+        }
         let mut next = [self.timers.handshake, self.timers.close]
             .into_iter()
             .flatten()
@@ -221,6 +227,12 @@ impl Connection {
     /// [`Connection::handle`] appending to a vector the caller reuses.
     pub fn handle_into(&mut self, event: Event, out: &mut Vec<Outbound>) {
         self.now_ms = self.now_ms.max(event.now_ms());
+        let deferred = self.deferred_failure.take();
+        if deferred.is_some() && matches!(event, Event::Receive { .. }) {
+            // The input after a protocol error means nothing; fail now.
+            self.deferred_failure = deferred;
+            return self.fail_deferred(out);
+        }
         match event {
             Event::Open { .. } => self.on_open(out),
             Event::Receive { bytes, .. } => self.on_receive(bytes, out),
@@ -230,6 +242,18 @@ impl Connection {
             Event::Close { code, reason, .. } => self.on_close_requested(code, &reason, out),
             Event::Tick { .. } => self.on_tick(out),
             Event::TransportClosed { .. } => self.on_transport_closed(out),
+        }
+        if let Some(error) = deferred {
+            self.deferred_failure = Some(error);
+            self.fail_deferred(out);
+        }
+    }
+
+    fn fail_deferred(&mut self, out: &mut Vec<Outbound>) {
+        if let Some(error) = self.deferred_failure.take() {
+            if matches!(self.phase, Phase::Open | Phase::Closing) {
+                self.fail(error, out);
+            }
         }
     }
 
@@ -301,7 +325,12 @@ impl Connection {
         let Some(client) = &self.client else { return };
         match handshake::parse_response(&self.buf, &client.key, &self.config) {
             Ok(None) => {}
-            Ok(Some((protocol, deflate, head_len))) => {
+            Ok(Some(answer)) => {
+                let handshake::ServerAnswer {
+                    protocol,
+                    deflate,
+                    head_len,
+                } = answer;
                 self.buf.advance(head_len);
                 self.open(protocol, deflate, out);
                 self.read_frames(out);
@@ -378,9 +407,23 @@ impl Connection {
     /// Reads every whole frame in `buf`, and as much of a partial data frame as arrived.
     fn read_frames(&mut self, out: &mut Vec<Outbound>) {
         while matches!(self.phase, Phase::Open | Phase::Closing) {
+            let delivered_before = out.len();
             match self.read_one(out) {
                 Ok(true) => {}
                 Ok(false) => break,
+                Err(e)
+                    if out[..delivered_before]
+                        .iter()
+                        .any(|o| matches!(o, Outbound::Deliver(_))) =>
+                {
+                    // Messages before the bad frame were delivered in this same call. Give the
+                    // application one event to answer them (an echo, say) before failing, as
+                    // a peer that read them one at a time would have; the deadline is now, so
+                    // a shell with nothing to send ticks at once.
+                    self.deferred_failure = Some(e);
+                    self.buf = BytesMut::new();
+                    break;
+                }
                 Err(e) => {
                     self.fail(e, out);
                     break;
@@ -463,14 +506,6 @@ impl Connection {
                 return Err(ProtocolError::ExpectedContinuation);
             }
             _ => {}
-        }
-        if self.phase == Phase::Closing
-            && self
-                .close
-                .as_ref()
-                .is_some_and(|c| c.2 == Initiator::Remote)
-        {
-            return Err(ProtocolError::DataAfterClose);
         }
         if !h.opcode.is_control() {
             let held = self.message.as_ref().map_or(0, |m| m.data.len()) as u64;
@@ -556,20 +591,16 @@ impl Connection {
         payload: Bytes,
         out: &mut Vec<Outbound>,
     ) -> Result<(), ProtocolError> {
+        // Once this side sent a close frame, pings go unanswered and pongs unreported.
+        let open = self.phase == Phase::Open;
         match opcode {
-            Opcode::Ping => {
-                if self.phase == Phase::Open {
-                    self.push_frame(Opcode::Pong, false, payload.clone(), out);
-                    out.push(Outbound::Deliver(Message::Ping(payload)));
-                }
+            Opcode::Ping if open => {
+                self.push_frame(Opcode::Pong, false, payload.clone(), out);
+                out.push(Outbound::Deliver(Message::Ping(payload)));
             }
-            Opcode::Pong => {
-                if self.phase == Phase::Open {
-                    out.push(Outbound::Deliver(Message::Pong(payload)));
-                }
-            }
+            Opcode::Pong if open => out.push(Outbound::Deliver(Message::Pong(payload))),
             Opcode::Close => self.on_close_frame(&payload, out)?,
-            // FrameHeader::parse only lets these three control opcodes through.
+            // FrameHeader::parse only lets the three control opcodes through.
             _ => {}
         }
         Ok(())

@@ -35,8 +35,6 @@ pub enum ProtocolError {
     MessageTooBig,
     /// A compressed message that does not inflate (RFC 7692 §7.2.3).
     BadDeflate,
-    /// A frame after the peer's close frame.
-    DataAfterClose,
 }
 
 impl ProtocolError {
@@ -66,7 +64,6 @@ impl ProtocolError {
             ProtocolError::FrameTooBig => "frame too big",
             ProtocolError::MessageTooBig => "message too big",
             ProtocolError::BadDeflate => "invalid compressed data",
-            ProtocolError::DataAfterClose => "frame after close",
         }
     }
 }

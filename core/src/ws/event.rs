@@ -151,7 +151,8 @@ pub enum Outbound {
     Deliver(Message),
     /// The connection has ended, cleanly or not. Emitted exactly once.
     Closed(CloseInfo),
-    /// Close the transport once the preceding transmits are written.
+    /// Close the transport once the preceding transmits are written. Not emitted after
+    /// [`Event::TransportClosed`]: that transport is gone already.
     Disconnect,
 }
 

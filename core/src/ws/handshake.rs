@@ -210,12 +210,20 @@ pub(crate) fn client_request(
     Bytes::from(s)
 }
 
+/// What the client learns from a valid 101 answer.
+pub(crate) struct ServerAnswer {
+    pub protocol: Option<String>,
+    pub deflate: Option<DeflateParams>,
+    /// The head's length; bytes after it are frames.
+    pub head_len: usize,
+}
+
 /// Parses the server's answer at the start of `buf`. `Ok(None)`: incomplete.
 pub(crate) fn parse_response(
     buf: &[u8],
     key: &str,
     config: &Config,
-) -> Result<Option<(Option<String>, Option<DeflateParams>, usize)>, HandshakeError> {
+) -> Result<Option<ServerAnswer>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     let head_len = match resp.parse(buf) {
@@ -269,7 +277,11 @@ pub(crate) fn parse_response(
         (Some(d), false) => Some(deflate::accept_answer(&extensions, d)?),
         (None, false) => return Err(HandshakeError::Unrequested("extension")),
     };
-    Ok(Some((protocol, deflate, head_len)))
+    Ok(Some(ServerAnswer {
+        protocol,
+        deflate,
+        head_len,
+    }))
 }
 
 #[cfg(test)]

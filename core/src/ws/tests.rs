@@ -671,3 +671,31 @@ fn client_frames_are_masked_with_the_seeded_generator() {
     }));
     assert_eq!(wire, same, "same seed, same bytes");
 }
+
+#[test]
+fn a_bad_frame_after_a_message_in_the_same_read_waits_for_the_answer() {
+    // Autobahn 3.2: a text frame then a frame with RSV bits, in one read. A peer that read them
+    // one at a time would have echoed the text before failing; so do we.
+    let mut ws = open_server(no_deflate());
+    let mut wire = client_frame(1, b"echo me").to_vec();
+    wire.extend_from_slice(&test_frame(true, true, 1, b"bad", M));
+    let out = receive(&mut ws, 5, wire);
+    assert_eq!(out, [Outbound::Deliver(Message::text("echo me"))]);
+    assert_eq!(ws.next_deadline(), Some(5), "the failure is due at once");
+    let out = ws.handle(Event::Send {
+        now_ms: 6,
+        message: Message::text("echo me"),
+    });
+    assert_eq!(
+        &transmits(&out)[..9],
+        &[0x81, 7, b'e', b'c', b'h', b'o', b' ', b'm', b'e']
+    );
+    assert_fails_with(&out[1..], 1002);
+
+    // With nothing to answer, the tick at the deadline fails it.
+    let mut ws = open_server(no_deflate());
+    let mut wire = client_frame(1, b"x").to_vec();
+    wire.extend_from_slice(&client_frame(3, b""));
+    receive(&mut ws, 5, wire);
+    assert_fails_with(&ws.handle(Event::Tick { now_ms: 5 }), 1002);
+}
