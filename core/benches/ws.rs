@@ -1,0 +1,133 @@
+//! Codec throughput, against tungstenite on the same bytes.
+//!
+//! `cargo bench -p spool-core --bench ws` prints messages per second for a server reading
+//! masked 1 KiB binary messages (64 of them per read, as a busy socket delivers them) and for a
+//! server framing 1 KiB messages, and the masking rate in bytes per second.
+
+use std::hint::black_box;
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use spool_core::ws::{Config, Connection, Event, Message, Outbound, apply_mask};
+
+const REQUEST: &str = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const MESSAGES_PER_READ: usize = 64;
+const MESSAGE_LEN: usize = 1024;
+
+fn open_server() -> Connection {
+    let mut ws = Connection::server(Config { deflate: None, ..Config::default() }).unwrap();
+    ws.handle(Event::Receive { now_ms: 0, bytes: REQUEST.into() });
+    ws.handle(Event::Accept { now_ms: 0 });
+    ws
+}
+
+/// 64 masked binary frames of 1 KiB, back to back.
+fn masked_frames() -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut wire = Vec::new();
+    for i in 0..MESSAGES_PER_READ {
+        wire.extend_from_slice(&[0x82, 0x80 | 126]);
+        wire.extend_from_slice(&(MESSAGE_LEN as u16).to_be_bytes());
+        wire.extend_from_slice(&key);
+        wire.extend((0..MESSAGE_LEN).map(|j| ((i + j) as u8) ^ key[j % 4]));
+    }
+    wire
+}
+
+/// A socket that yields the same bytes forever and swallows writes: tungstenite's input.
+struct Replay {
+    data: Vec<u8>,
+    at: usize,
+}
+
+impl Read for Replay {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.at);
+        buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+        self.at = (self.at + n) % self.data.len();
+        Ok(n)
+    }
+}
+
+impl Write for Replay {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn decode(c: &mut Criterion) {
+    let wire = masked_frames();
+    let mut group = c.benchmark_group("server reads 64 masked 1 KiB messages");
+    group.throughput(Throughput::Elements(MESSAGES_PER_READ as u64));
+    group.bench_function("spool", |b| {
+        let mut ws = open_server();
+        let mut out = Vec::with_capacity(MESSAGES_PER_READ);
+        b.iter(|| {
+            out.clear();
+            // The shell copies each read into fresh `Bytes`; so does the benchmark.
+            let bytes = Bytes::copy_from_slice(&wire);
+            ws.handle_into(Event::Receive { now_ms: 1, bytes }, &mut out);
+            assert_eq!(out.len(), MESSAGES_PER_READ);
+            black_box(&out);
+        })
+    });
+    group.bench_function("tungstenite", |b| {
+        use tungstenite::protocol::{Role, WebSocket};
+        let stream = Replay { data: wire.clone(), at: 0 };
+        let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
+        b.iter(|| {
+            for _ in 0..MESSAGES_PER_READ {
+                black_box(ws.read().unwrap());
+            }
+        })
+    });
+    group.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let payload = Bytes::from(vec![7u8; MESSAGE_LEN]);
+    let mut group = c.benchmark_group("server frames 64 1 KiB messages");
+    group.throughput(Throughput::Elements(MESSAGES_PER_READ as u64));
+    group.bench_function("spool", |b| {
+        let mut ws = open_server();
+        let mut out: Vec<Outbound> = Vec::with_capacity(2 * MESSAGES_PER_READ);
+        b.iter(|| {
+            out.clear();
+            for _ in 0..MESSAGES_PER_READ {
+                let message = Message::Binary(payload.clone());
+                ws.handle_into(Event::Send { now_ms: 1, message }, &mut out);
+            }
+            black_box(&out);
+        })
+    });
+    group.bench_function("tungstenite", |b| {
+        use tungstenite::protocol::{Role, WebSocket};
+        let stream = Replay { data: vec![0], at: 0 };
+        let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
+        b.iter(|| {
+            for _ in 0..MESSAGES_PER_READ {
+                ws.write(tungstenite::Message::Binary(payload.clone())).unwrap();
+            }
+            ws.flush().unwrap();
+        })
+    });
+    group.finish();
+}
+
+fn mask(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply_mask");
+    for len in [125usize, 4096, 1 << 20] {
+        let mut buf = vec![0u8; len];
+        group.throughput(Throughput::Bytes(len as u64));
+        group.bench_function(format!("{len} bytes"), |b| b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 1)));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, mask);
+criterion_main!(benches);
