@@ -1,0 +1,29 @@
+//! spool-smol: spool's WebSocket server and client on smol.
+//!
+//! A thin shell around [`spool_core::ws::Connection`]: it accepts and connects, does TLS, reads
+//! into a per-thread scratch buffer, stamps each event with its monotonic clock, draws client
+//! keys and mask seeds, writes everything one call produced with one vectored write, arms one
+//! timer at the core's next deadline, and can record every event it gives the core. The
+//! protocol itself (frames, handshakes, close codes, timeouts) is the core's.
+//!
+//! - [`Server`]: glisten-shaped, an acceptor pool over executor threads, each thread running its
+//!   connections on a local executor that also drives the I/O reactor; per-connection
+//!   [`Handler::on_init`], [`Handler::handle`], [`Handler::on_close`]; [`Mailbox`]es for user
+//!   messages.
+//! - [`Client`]: `connect`, `send`, `recv`, `close`, usable from any executor.
+//!
+//! The handler surface and TLS set-up are shared with `spool-std` and re-exported here.
+#![warn(missing_docs)]
+
+mod client;
+mod io;
+mod server;
+
+pub use client::{Client, ClientOptions};
+pub use server::{Server, ServerHandle};
+pub use spool_core::ws;
+pub use spool_std::handler::{
+    Action, ClientError, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection,
+    StartError,
+};
+pub use spool_std::tls;
