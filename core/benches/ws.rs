@@ -17,8 +17,15 @@ const MESSAGES_PER_READ: usize = 64;
 const MESSAGE_LEN: usize = 1024;
 
 fn open_server() -> Connection {
-    let mut ws = Connection::server(Config { deflate: None, ..Config::default() }).unwrap();
-    ws.handle(Event::Receive { now_ms: 0, bytes: REQUEST.into() });
+    let mut ws = Connection::server(Config {
+        deflate: None,
+        ..Config::default()
+    })
+    .unwrap();
+    ws.handle(Event::Receive {
+        now_ms: 0,
+        bytes: REQUEST.into(),
+    });
     ws.handle(Event::Accept { now_ms: 0 });
     ws
 }
@@ -78,7 +85,10 @@ fn decode(c: &mut Criterion) {
     });
     group.bench_function("tungstenite", |b| {
         use tungstenite::protocol::{Role, WebSocket};
-        let stream = Replay { data: wire.clone(), at: 0 };
+        let stream = Replay {
+            data: wire.clone(),
+            at: 0,
+        };
         let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
         b.iter(|| {
             for _ in 0..MESSAGES_PER_READ {
@@ -107,11 +117,15 @@ fn encode(c: &mut Criterion) {
     });
     group.bench_function("tungstenite", |b| {
         use tungstenite::protocol::{Role, WebSocket};
-        let stream = Replay { data: vec![0], at: 0 };
+        let stream = Replay {
+            data: vec![0],
+            at: 0,
+        };
         let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
         b.iter(|| {
             for _ in 0..MESSAGES_PER_READ {
-                ws.write(tungstenite::Message::Binary(payload.clone())).unwrap();
+                ws.write(tungstenite::Message::Binary(payload.clone()))
+                    .unwrap();
             }
             ws.flush().unwrap();
         })
@@ -124,7 +138,9 @@ fn mask(c: &mut Criterion) {
     for len in [125usize, 4096, 1 << 20] {
         let mut buf = vec![0u8; len];
         group.throughput(Throughput::Bytes(len as u64));
-        group.bench_function(format!("{len} bytes"), |b| b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 1)));
+        group.bench_function(format!("{len} bytes"), |b| {
+            b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 1))
+        });
     }
     group.finish();
 }

@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use spool_core::ws::{ClientRequest, Config, Connection, Event, Message, Outbound, Url};
+use spool_core::ws::{ClientRequest, Config, Connection, Event, Message, Outbound, Transmit, Url};
 
 /// One socket and the machine that speaks for it.
 struct Peer {
@@ -31,7 +31,7 @@ impl Peer {
         let mut pending = vec![event];
         while let Some(event) = pending.pop() {
             let out = self.ws.handle(event);
-            let transmits: Vec<Bytes> = out
+            let transmits: Vec<Transmit> = out
                 .iter()
                 .filter_map(|o| match o {
                     Outbound::Transmit(b) => Some(b.clone()),
@@ -83,12 +83,13 @@ impl Peer {
     }
 }
 
-/// Writes every buffer, retrying on WouldBlock: an example may block briefly; a real loop
-/// would keep the rest and wait for writability.
-fn write_all(stream: &mut TcpStream, bufs: &[Bytes]) {
-    let mut slices: Vec<&[u8]> = bufs
+/// Writes every transmit (each a header and a payload) with vectored writes, retrying on
+/// WouldBlock: an example may block briefly; a real loop would keep the rest and wait for
+/// writability.
+fn write_all(stream: &mut TcpStream, transmits: &[Transmit]) {
+    let mut slices: Vec<&[u8]> = transmits
         .iter()
-        .map(|b| &b[..])
+        .flat_map(|t| t.slices())
         .filter(|b| !b.is_empty())
         .collect();
     while !slices.is_empty() {

@@ -112,8 +112,8 @@ pub fn render_outbounds(out: &[ws::Outbound]) -> String {
     let mut s = String::new();
     for o in out {
         match o {
-            ws::Outbound::Transmit(b) => {
-                let _ = writeln!(s, "transmit {}", render_bytes(b));
+            ws::Outbound::Transmit(t) => {
+                let _ = writeln!(s, "transmit {}", render_bytes(&t.to_vec()));
             }
             other => {
                 let json = serde_json::to_string(other).unwrap_or_default();

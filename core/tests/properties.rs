@@ -147,7 +147,10 @@ fn what_a_client_encodes_a_server_decodes() {
         let pump = |from: Vec<Outbound>, to: &mut Connection| -> Vec<Outbound> {
             from.into_iter()
                 .flat_map(|o| match o {
-                    Outbound::Transmit(bytes) => to.handle(Event::Receive { now_ms: 1, bytes }),
+                    Outbound::Transmit(t) => to.handle(Event::Receive {
+                        now_ms: 1,
+                        bytes: t.into_bytes(),
+                    }),
                     _ => vec![],
                 })
                 .collect()

@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{future, ready};
 use smol::{Async, Timer};
 use spool_core::replay::{Line, Setup};
-use spool_core::ws::{Connection, Event};
+use spool_core::ws::{Connection, Event, Transmit};
 
 /// One read's worth of scratch space, per thread. A connection copies only the bytes it read
 /// into a `Bytes` it hands to the core, so an idle connection holds no read buffer.
@@ -95,14 +95,14 @@ fn poll_read_with<S: AsyncRead + Unpin, T>(
 /// socket allows.
 #[derive(Default)]
 pub(crate) struct Outgoing {
-    bufs: Vec<Bytes>,
+    bufs: Vec<Transmit>,
     head: usize,
 }
 
 impl Outgoing {
-    pub(crate) fn push(&mut self, bytes: Bytes) {
-        if !bytes.is_empty() {
-            self.bufs.push(bytes);
+    pub(crate) fn push(&mut self, transmit: Transmit) {
+        if !transmit.is_empty() {
+            self.bufs.push(transmit);
         }
     }
 
@@ -125,8 +125,12 @@ impl Outgoing {
         while !self.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for (slot, buf) in slices.iter_mut().zip(&self.bufs[self.head..]) {
-                *slot = IoSlice::new(buf);
+            let parts = self.bufs[self.head..]
+                .iter()
+                .flat_map(|t| t.slices())
+                .filter(|s| !s.is_empty());
+            for (slot, part) in slices.iter_mut().zip(parts) {
+                *slot = IoSlice::new(part);
                 count += 1;
             }
             let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))?;
@@ -141,12 +145,12 @@ impl Outgoing {
 
     fn advance(&mut self, mut written: usize) {
         while written > 0 && self.head < self.bufs.len() {
-            let buf = &mut self.bufs[self.head];
-            if written >= buf.len() {
-                written -= buf.len();
+            let transmit = &mut self.bufs[self.head];
+            if written >= transmit.len() {
+                written -= transmit.len();
                 self.head += 1;
             } else {
-                buf.advance(written);
+                transmit.advance(written);
                 written = 0;
             }
         }

@@ -14,11 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use rustls::pki_types::ServerName;
 use spool_core::replay::Setup;
 use spool_core::ws::{
-    self, ClientRequest, CloseInfo, Connection, Event, Initiator, Message, Outbound, Url,
+    self, ClientRequest, CloseInfo, Connection, Event, Initiator, Message, Outbound, Transmit, Url,
 };
 
 use crate::clock::Clock;
@@ -75,7 +74,7 @@ pub struct Client {
     /// Reused for every call to the core.
     out: Vec<Outbound>,
     /// The transmits of one call to the core, written together.
-    batch: Vec<Bytes>,
+    batch: Vec<Transmit>,
     /// Messages delivered by the core and not yet returned by `recv`.
     inbox: VecDeque<Message>,
     opened: bool,

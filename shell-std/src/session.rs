@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use spool_core::replay::Setup;
-use spool_core::ws::{CloseInfo, Connection, Event, Initiator, Outbound, Request};
+use spool_core::ws::{CloseInfo, Connection, Event, Initiator, Outbound, Request, Transmit};
 
 use crate::handler::{Action, Conn, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection};
 use crate::record::Recorder;
@@ -137,7 +137,7 @@ struct Session<H: Handler> {
     /// Reused for every call to the core.
     out: Vec<Outbound>,
     /// The transmits of one call to the core, written together.
-    batch: Vec<Bytes>,
+    batch: Vec<Transmit>,
     /// A write failed; `TransportClosed` is queued and nothing more is written.
     broken: bool,
     /// The core has been told the transport is gone.

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use spool_core::ws::Transmit;
 
 /// The scratch buffer reads land in: one per thread, never per connection, sized so that a
 /// busy connection empties the kernel's buffer in few calls.
@@ -122,11 +123,12 @@ impl Transport {
     ///
     /// # Errors
     /// The socket's error; the connection is then unusable.
-    pub(crate) fn write(&mut self, bufs: &[Bytes]) -> io::Result<()> {
-        let mut slices: Vec<IoSlice<'_>> = bufs
+    pub(crate) fn write(&mut self, transmits: &[Transmit]) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = transmits
             .iter()
+            .flat_map(|t| t.slices())
             .filter(|b| !b.is_empty())
-            .map(|b| IoSlice::new(b))
+            .map(IoSlice::new)
             .collect();
         let Some(tls) = &self.tls else {
             return write_all_vectored(&*self.tcp, &mut slices);

@@ -15,6 +15,7 @@ use super::event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound};
 use super::frame::{FrameHeader, MAX_HEADER_LEN, Opcode, is_valid_close_code};
 use super::handshake::{self, ServerOffer};
 use super::mask::apply_mask;
+use super::transmit::Transmit;
 use super::url::Url;
 use super::utf8::Utf8Validator;
 use crate::rand::Rng;
@@ -270,7 +271,7 @@ impl Connection {
                 &self.config,
                 &client.request.headers,
             );
-            out.push(Outbound::Transmit(request));
+            out.push(Outbound::Transmit(request.into()));
         }
     }
 
@@ -346,7 +347,9 @@ impl Connection {
         let Some(offer) = self.offer.take() else {
             return;
         };
-        out.push(Outbound::Transmit(handshake::accept_response(&offer)));
+        out.push(Outbound::Transmit(
+            handshake::accept_response(&offer).into(),
+        ));
         self.open(offer.request.protocol, offer.deflate.map(|(p, _)| p), out);
         self.read_frames(out);
     }
@@ -815,8 +818,9 @@ impl Connection {
         }));
     }
 
-    /// Frames `payload` and queues it. Small frames go out as one buffer; a large server payload
-    /// goes out as header plus the caller's own bytes, uncopied.
+    /// Frames `payload` and queues it: the header inline, the payload as the caller's own
+    /// bytes. A client masks the payload in place when it is the only owner (a `String` sent as
+    /// text, say), and on a copy otherwise.
     fn push_frame(&mut self, opcode: Opcode, rsv1: bool, payload: Bytes, out: &mut Vec<Outbound>) {
         let mask = self.client.as_mut().map(|c| c.rng.next_mask());
         let header = FrameHeader {
@@ -829,33 +833,19 @@ impl Connection {
         };
         let mut head = [0u8; MAX_HEADER_LEN];
         let head_len = header.encode(&mut head);
-        match mask {
+        let body = match mask {
             Some(key) => {
-                let mut frame = BytesMut::with_capacity(head_len + payload.len());
-                frame.extend_from_slice(&head[..head_len]);
-                frame.extend_from_slice(&payload);
-                apply_mask(&mut frame[head_len..], key, 0);
-                out.push(Outbound::Transmit(frame.freeze()));
+                let mut owned = payload
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                apply_mask(&mut owned, key, 0);
+                owned.freeze()
             }
-            None if payload.len() <= INLINE_PAYLOAD_LEN => {
-                let mut frame = BytesMut::with_capacity(head_len + payload.len());
-                frame.extend_from_slice(&head[..head_len]);
-                frame.extend_from_slice(&payload);
-                out.push(Outbound::Transmit(frame.freeze()));
-            }
-            None => {
-                out.push(Outbound::Transmit(Bytes::copy_from_slice(
-                    &head[..head_len],
-                )));
-                out.push(Outbound::Transmit(payload));
-            }
-        }
+            None => payload,
+        };
+        out.push(Outbound::Transmit(Transmit::frame(&head[..head_len], body)));
     }
 }
-
-/// Payloads up to this size are copied behind their header, so a small message is one buffer;
-/// larger ones are written from the caller's `Bytes` as a second buffer of the same write.
-const INLINE_PAYLOAD_LEN: usize = 1024;
 
 /// Whether the peer resets its compression window after each message.
 fn peer_no_context_takeover(role: Role, params: Option<DeflateParams>) -> bool {

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::deflate::DeflateParams;
+use super::transmit::Transmit;
 
 /// Something that happened to a connection, handed to [`Connection::handle`](super::Connection::handle).
 ///
@@ -140,8 +141,9 @@ impl Message {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outbound", rename_all = "snake_case")]
 pub enum Outbound {
-    /// Write these bytes to the transport.
-    Transmit(#[serde(with = "crate::b64")] Bytes),
+    /// Write these bytes to the transport: [`Transmit::slices`] gives them as two slices for
+    /// a vectored write.
+    Transmit(Transmit),
     /// Server only: a valid upgrade request arrived. Answer with [`Event::Accept`] or
     /// [`Event::Reject`]; until then the connection waits (within its handshake timeout).
     Upgrade(Request),

@@ -10,6 +10,7 @@ use super::config::{Config, is_token_byte};
 use super::deflate::{self, DeflateParams};
 use super::error::HandshakeError;
 use super::event::Request;
+use super::transmit::Transmit;
 use super::url::Url;
 
 /// The GUID of RFC 6455 §1.3, appended to the key before hashing.
@@ -148,7 +149,7 @@ pub(crate) fn accept_response(offer: &ServerOffer) -> Bytes {
 }
 
 /// An error answer with a plain-text body saying what was wrong.
-pub(crate) fn error_response(status: u16, body: &str) -> Bytes {
+pub(crate) fn error_response(status: u16, body: &str) -> Transmit {
     let reason = match status {
         400 => "Bad Request",
         403 => "Forbidden",
@@ -168,10 +169,10 @@ pub(crate) fn error_response(status: u16, body: &str) -> Bytes {
     };
     // The body is ours or the application's; keep it on one line so it cannot break the head.
     let body: String = body.chars().filter(|c| !c.is_control()).collect();
-    Bytes::from(format!(
+    Transmit::from(Bytes::from(format!(
         "HTTP/1.1 {status} {reason}\r\n{extra}Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}\n",
         body.len() + 1
-    ))
+    )))
 }
 
 /// The client's request. Header names and values the user gave that could break the head are

@@ -262,7 +262,7 @@ fn fragments_with_a_ping_between_them_reassemble() {
             match o {
                 Outbound::Deliver(Message::Ping(p)) => assert_eq!(&p[..], b"p"),
                 Outbound::Deliver(m) => assert_eq!(m, Message::text("κόσμε")),
-                Outbound::Transmit(pong) => assert_eq!(&pong[..], &[0x8a, 1, b'p']),
+                Outbound::Transmit(pong) => assert_eq!(pong.to_vec(), [0x8a, 1, b'p']),
                 other => panic!("{other:?}"),
             }
         }
@@ -466,8 +466,8 @@ impl Pair {
     fn absorb(&mut self, out: Vec<Outbound>, from_client: bool) {
         for o in out {
             match (o, from_client) {
-                (Outbound::Transmit(b), true) => self.to_server.push(b),
-                (Outbound::Transmit(b), false) => self.to_client.push(b),
+                (Outbound::Transmit(b), true) => self.to_server.push(b.into_bytes()),
+                (Outbound::Transmit(b), false) => self.to_client.push(b.into_bytes()),
                 (Outbound::Upgrade(_), false) => {
                     let out = self.server.handle(Event::Accept {
                         now_ms: self.now_ms,
