@@ -46,6 +46,10 @@ impl Peer {
                         println!("{}: upgrade request for {}", self.name, request.target);
                         pending.push(Event::Accept { now_ms });
                     }
+                    Outbound::HttpRequest(request) => {
+                        // Only with `Config::plain_http`; this example leaves it off.
+                        println!("{}: plain GET {}", self.name, request.target);
+                    }
                     Outbound::Opened(h) => {
                         println!("{}: open, compression {:?}", self.name, h.deflate.is_some())
                     }

@@ -52,7 +52,7 @@ impl Arbitrary for Msg {
 impl Msg {
     fn message(&self) -> Message {
         if self.text {
-            Message::Text(String::from_utf8(self.payload.clone()).unwrap())
+            Message::text(String::from_utf8(self.payload.clone()).unwrap())
         } else {
             Message::Binary(self.payload.clone().into())
         }

@@ -303,7 +303,7 @@ impl Core {
             match outbound {
                 Outbound::Transmit(bytes) => self.outgoing.push(bytes),
                 // Server only: a client connection never asks for a decision.
-                Outbound::Upgrade(_) => {}
+                Outbound::Upgrade(_) | Outbound::HttpRequest(_) => {}
                 Outbound::Opened(handshake) => {
                     self.protocol = handshake.protocol;
                     self.opened = true;

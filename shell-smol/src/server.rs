@@ -23,7 +23,9 @@ use smol::channel::{Receiver, Sender};
 use smol::{Async, LocalExecutor, Timer};
 use spool_core::replay::Setup;
 use spool_core::ws::{self, Connection, Event, Outbound, Request};
-use spool_std::handler::{Action, Conn, Handler, Incoming, Mailbox, MailboxSink, Next, StartError};
+use spool_std::handler::{
+    Action, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next, StartError,
+};
 
 use crate::io::{Clock, Deadline, Outgoing, Recorder, Socket, hang_up, poll_read};
 
@@ -530,6 +532,20 @@ impl<H: Handler> Session<H> {
                 };
                 self.request = Some(request);
                 self.pending.push_back(event);
+            }
+            Outbound::HttpRequest(request) => {
+                let HttpResponse {
+                    status,
+                    content_type,
+                    body,
+                } = handler.on_request(&request);
+                let now_ms = self.clock.now_ms();
+                self.pending.push_back(Event::Respond {
+                    now_ms,
+                    status,
+                    content_type,
+                    body,
+                });
             }
             Outbound::Opened(handshake) => {
                 let (tx, rx) = smol::channel::unbounded();

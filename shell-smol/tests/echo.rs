@@ -40,7 +40,7 @@ impl Handler for Echo {
             Incoming::Message(Message::Text(t)) if t == "stop" => return Next::Stop,
             Incoming::Message(m @ (Message::Text(_) | Message::Binary(_))) => conn.send(m),
             Incoming::Message(_) => {}
-            Incoming::User(text) => conn.send(Message::Text(text)),
+            Incoming::User(text) => conn.send(Message::text(text)),
         }
         Next::Continue
     }

@@ -321,7 +321,7 @@ impl Client {
             match outbound {
                 Outbound::Transmit(bytes) => self.batch.push(bytes),
                 // Server only: a client connection never asks for an upgrade decision.
-                Outbound::Upgrade(_) => {}
+                Outbound::Upgrade(_) | Outbound::HttpRequest(_) => {}
                 Outbound::Opened(handshake) => {
                     self.opened = true;
                     self.protocol = handshake.protocol;

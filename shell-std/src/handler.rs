@@ -45,6 +45,32 @@ impl Rejection {
     }
 }
 
+/// An answer to a plain HTTP request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// The `Content-Type` header.
+    pub content_type: String,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl HttpResponse {
+    /// An answer with `status`, `content_type` and `body`.
+    pub fn new(
+        status: u16,
+        content_type: impl Into<String>,
+        body: impl Into<bytes::Bytes>,
+    ) -> HttpResponse {
+        HttpResponse {
+            status,
+            content_type: content_type.into(),
+            body: body.into(),
+        }
+    }
+}
+
 /// The application's side of a server connection. Only `on_init` and `handle` are required.
 pub trait Handler: Send + Sync + 'static {
     /// Per-connection state, made by `on_init`.
@@ -57,6 +83,13 @@ pub trait Handler: Send + Sync + 'static {
     fn on_upgrade(&self, request: &Request) -> Result<(), Rejection> {
         let _ = request;
         Ok(())
+    }
+
+    /// Answers a plain HTTP GET (one that is not an upgrade), when the server's config has
+    /// `plain_http` on: a page, a script. The default answers 404.
+    fn on_request(&self, request: &Request) -> HttpResponse {
+        let _ = request;
+        HttpResponse::new(404, "text/plain; charset=utf-8", "not found\n")
     }
 
     /// Runs once the WebSocket is open; returns the connection's state.

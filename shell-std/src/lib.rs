@@ -23,7 +23,7 @@ mod transport;
 
 pub use client::{Client, ClientOptions};
 pub use handler::{
-    Action, ClientError, Conn, Gone, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection,
-    StartError,
+    Action, ClientError, Conn, Gone, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next,
+    Rejection, StartError,
 };
 pub use server::{Server, ServerHandle};

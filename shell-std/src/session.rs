@@ -17,7 +17,9 @@ use bytes::Bytes;
 use spool_core::replay::Setup;
 use spool_core::ws::{CloseInfo, Connection, Event, Initiator, Outbound, Request, Transmit};
 
-use crate::handler::{Action, Conn, Handler, Incoming, Mailbox, MailboxSink, Next, Rejection};
+use crate::handler::{
+    Action, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next, Rejection,
+};
 use crate::record::Recorder;
 use crate::server::{Context, Registration};
 use crate::transport::{Read, Transport};
@@ -247,6 +249,19 @@ impl<H: Handler> Session<H> {
                 };
                 self.request = Some(request);
                 self.pending.push_back(decision);
+            }
+            Outbound::HttpRequest(request) => {
+                let HttpResponse {
+                    status,
+                    content_type,
+                    body,
+                } = self.ctx.handler.on_request(&request);
+                self.pending.push_back(Event::Respond {
+                    now_ms,
+                    status,
+                    content_type,
+                    body,
+                });
             }
             Outbound::Opened(handshake) => {
                 // A server connection reports Upgrade before it can open.

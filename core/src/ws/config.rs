@@ -31,6 +31,10 @@ pub struct Config {
     /// Send a ping when nothing arrived for this long, so that an idle timeout on either side
     /// only fires on a dead peer. Default: none.
     pub ping_interval_ms: Option<u64>,
+    /// Server: report a GET that is not an upgrade as
+    /// [`Outbound::HttpRequest`](super::Outbound::HttpRequest), so the application can serve a
+    /// page next to its sockets. Default false: such a request is answered 400.
+    pub plain_http: bool,
 }
 
 impl Default for Config {
@@ -43,6 +47,7 @@ impl Default for Config {
             close_timeout_ms: 5_000,
             idle_timeout_ms: None,
             ping_interval_ms: None,
+            plain_http: false,
         }
     }
 }

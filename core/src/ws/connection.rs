@@ -13,8 +13,9 @@ use super::deflate::{DeflateParams, Deflater, Inflater};
 use super::error::{ConfigError, HandshakeError, ProtocolError};
 use super::event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound};
 use super::frame::{FrameHeader, MAX_HEADER_LEN, Opcode, is_valid_close_code};
-use super::handshake::{self, ServerOffer};
+use super::handshake::{self, Parsed, ServerOffer};
 use super::mask::apply_mask;
+use super::text::Text;
 use super::transmit::Transmit;
 use super::url::Url;
 use super::utf8::Utf8Validator;
@@ -239,6 +240,12 @@ impl Connection {
             Event::Receive { bytes, .. } => self.on_receive(bytes, out),
             Event::Accept { .. } => self.on_accept(out),
             Event::Reject { status, reason, .. } => self.on_reject(status, &reason, out),
+            Event::Respond {
+                status,
+                content_type,
+                body,
+                ..
+            } => self.on_respond(status, &content_type, body, out),
             Event::Send { message, .. } => self.on_send(message, out),
             Event::Close { code, reason, .. } => self.on_close_requested(code, &reason, out),
             Event::Tick { .. } => self.on_tick(out),
@@ -312,10 +319,15 @@ impl Connection {
     fn read_request(&mut self, out: &mut Vec<Outbound>) {
         match handshake::parse_request(&self.buf, &self.config) {
             Ok(None) => {}
-            Ok(Some((offer, head_len))) => {
+            Ok(Some((Parsed::Upgrade(offer), head_len))) => {
                 self.buf.advance(head_len);
                 out.push(Outbound::Upgrade(offer.request.clone()));
                 self.offer = Some(offer);
+                self.phase = Phase::AwaitingDecision;
+            }
+            Ok(Some((Parsed::Plain(request), head_len))) => {
+                self.buf.advance(head_len);
+                out.push(Outbound::HttpRequest(request));
                 self.phase = Phase::AwaitingDecision;
             }
             Err(e) => self.fail_handshake(e, out),
@@ -345,7 +357,13 @@ impl Connection {
             return;
         }
         let Some(offer) = self.offer.take() else {
-            return;
+            // A plain HTTP request cannot be accepted as a WebSocket.
+            return self.on_respond(
+                426,
+                "text/plain; charset=utf-8",
+                Bytes::from_static(b"websocket upgrade required\n"),
+                out,
+            );
         };
         out.push(Outbound::Transmit(
             handshake::accept_response(&offer).into(),
@@ -368,6 +386,31 @@ impl Connection {
             status, reason,
         )));
         self.finish(1006, reason.to_string(), false, Initiator::Local, out);
+        self.hang_up(out);
+    }
+
+    fn on_respond(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        body: Bytes,
+        out: &mut Vec<Outbound>,
+    ) {
+        if self.phase != Phase::AwaitingDecision {
+            return;
+        }
+        out.push(Outbound::Transmit(handshake::http_response(
+            status,
+            content_type,
+            body,
+        )));
+        self.finish(
+            1006,
+            format!("answered http {status}"),
+            false,
+            Initiator::Local,
+            out,
+        );
         self.hang_up(out);
     }
 
@@ -545,7 +588,7 @@ impl Connection {
             let msg = self.message.take().unwrap_or_else(|| unreachable!());
             let message = if msg.text {
                 let text =
-                    String::from_utf8(Vec::from(chunk)).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    Text::from_utf8(chunk.freeze()).map_err(|_| ProtocolError::InvalidUtf8)?;
                 Message::Text(text)
             } else {
                 Message::Binary(chunk.freeze())
@@ -578,7 +621,9 @@ impl Connection {
         let mut msg = self.message.take().unwrap_or_else(|| unreachable!());
         let message = if msg.text {
             msg.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
-            Message::Text(String::from_utf8(msg.data).map_err(|_| ProtocolError::InvalidUtf8)?)
+            let text =
+                Text::from_utf8(Bytes::from(msg.data)).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Message::Text(text)
         } else {
             Message::Binary(Bytes::from(msg.data))
         };
@@ -686,7 +731,7 @@ impl Connection {
             return;
         }
         let (opcode, payload) = match message {
-            Message::Text(t) => (Opcode::Text, Bytes::from(t)),
+            Message::Text(t) => (Opcode::Text, t.into_bytes()),
             Message::Binary(b) => (Opcode::Binary, b),
             // §5.5: control payloads are at most 125 bytes.
             Message::Ping(b) => (Opcode::Ping, b.slice(..b.len().min(125))),

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::deflate::DeflateParams;
+use super::text::Text;
 use super::transmit::Transmit;
 
 /// Something that happened to a connection, handed to [`Connection::handle`](super::Connection::handle).
@@ -44,6 +45,20 @@ pub enum Event {
         /// A short text that becomes the answer's body.
         reason: String,
     },
+    /// Server only: the application answers a plain HTTP request reported by
+    /// [`Outbound::HttpRequest`] (or refuses an upgrade with a page of its own). The connection
+    /// closes after the answer.
+    Respond {
+        /// The shell's clock.
+        now_ms: u64,
+        /// The HTTP status code.
+        status: u16,
+        /// The `Content-Type` header.
+        content_type: String,
+        /// The body.
+        #[serde(with = "crate::b64")]
+        body: Bytes,
+    },
     /// The application sends a message. Ignored unless the connection is open.
     Send {
         /// The shell's clock.
@@ -81,6 +96,7 @@ impl Event {
             | Event::Receive { now_ms, .. }
             | Event::Accept { now_ms }
             | Event::Reject { now_ms, .. }
+            | Event::Respond { now_ms, .. }
             | Event::Send { now_ms, .. }
             | Event::Close { now_ms, .. }
             | Event::Tick { now_ms }
@@ -93,8 +109,8 @@ impl Event {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Message {
-    /// A text message: valid UTF-8 by construction.
-    Text(String),
+    /// A text message: valid UTF-8 by construction, in shared bytes.
+    Text(Text),
     /// A binary message.
     Binary(#[serde(with = "crate::b64")] Bytes),
     /// A ping. Received pings are answered by the connection itself; they are delivered too,
@@ -106,8 +122,16 @@ pub enum Message {
 
 impl Message {
     /// A text message.
-    pub fn text(text: impl Into<String>) -> Message {
+    pub fn text(text: impl Into<Text>) -> Message {
         Message::Text(text.into())
+    }
+
+    /// The text, if this is a text message.
+    pub fn as_text(&self) -> Option<&str> {
+        match self {
+            Message::Text(t) => Some(t.as_str()),
+            _ => None,
+        }
     }
 
     /// A binary message.
@@ -147,6 +171,9 @@ pub enum Outbound {
     /// Server only: a valid upgrade request arrived. Answer with [`Event::Accept`] or
     /// [`Event::Reject`]; until then the connection waits (within its handshake timeout).
     Upgrade(Request),
+    /// Server only, with [`Config::plain_http`](super::Config::plain_http): a GET that is not
+    /// an upgrade arrived. Answer with [`Event::Respond`].
+    HttpRequest(Request),
     /// The handshake is complete; messages may flow.
     Opened(Handshake),
     /// A whole message arrived from the peer.

@@ -27,6 +27,14 @@ pub fn accept_key(key: &str) -> String {
     STANDARD.encode(sha.digest().bytes())
 }
 
+/// A complete request head.
+pub(crate) enum Parsed {
+    /// A valid WebSocket upgrade.
+    Upgrade(ServerOffer),
+    /// A plain GET (only with `Config::plain_http`).
+    Plain(Request),
+}
+
 /// What the server needs after parsing a valid request.
 pub(crate) struct ServerOffer {
     pub request: Request,
@@ -39,7 +47,7 @@ pub(crate) struct ServerOffer {
 pub(crate) fn parse_request(
     buf: &[u8],
     config: &Config,
-) -> Result<Option<(ServerOffer, usize)>, HandshakeError> {
+) -> Result<Option<(Parsed, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -59,9 +67,7 @@ pub(crate) fn parse_request(
     if req.method != Some("GET") {
         return Err(HandshakeError::Method);
     }
-    if req.version != Some(1) {
-        return Err(HandshakeError::Malformed("websocket needs HTTP/1.1".into()));
-    }
+    let http_11 = req.version == Some(1);
     let mut request = Request {
         target: req.path.unwrap_or("/").to_string(),
         ..Request::default()
@@ -91,7 +97,14 @@ pub(crate) fn parse_request(
         .iter()
         .any(|v| v.eq_ignore_ascii_case("websocket"))
     {
+        if config.plain_http {
+            // Not an upgrade: a page or an asset, for the application to answer.
+            return Ok(Some((Parsed::Plain(request), head_len)));
+        }
         return Err(HandshakeError::Header("upgrade"));
+    }
+    if !http_11 {
+        return Err(HandshakeError::Malformed("websocket needs HTTP/1.1".into()));
     }
     if !all("connection")
         .iter()
@@ -123,11 +136,11 @@ pub(crate) fn parse_request(
         .as_ref()
         .and_then(|d| deflate::negotiate(&extensions, d));
     Ok(Some((
-        ServerOffer {
+        Parsed::Upgrade(ServerOffer {
             request,
             key,
             deflate,
-        },
+        }),
         head_len,
     )))
 }
@@ -148,20 +161,43 @@ pub(crate) fn accept_response(offer: &ServerOffer) -> Bytes {
     Bytes::from(s)
 }
 
-/// An error answer with a plain-text body saying what was wrong.
-pub(crate) fn error_response(status: u16, body: &str) -> Transmit {
-    let reason = match status {
+/// A plain HTTP answer; the connection closes after it.
+pub(crate) fn http_response(status: u16, content_type: &str, body: Bytes) -> Transmit {
+    let content_type: String = content_type.chars().filter(|c| !c.is_control()).collect();
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    let mut all = Vec::with_capacity(head.len() + body.len());
+    all.extend_from_slice(head.as_bytes());
+    all.extend_from_slice(&body);
+    Transmit::from(all)
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         408 => "Request Timeout",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
         503 => "Service Unavailable",
-        _ => "Error",
-    };
+        _ => "Status",
+    }
+}
+
+/// An error answer with a plain-text body saying what was wrong.
+pub(crate) fn error_response(status: u16, body: &str) -> Transmit {
+    let reason = reason_phrase(status);
     let extra = match status {
         405 => "Allow: GET\r\n",
         426 => "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",

@@ -21,6 +21,7 @@ mod event;
 mod frame;
 mod handshake;
 mod mask;
+mod text;
 mod transmit;
 mod url;
 mod utf8;
@@ -33,6 +34,7 @@ pub use event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound, Reque
 pub use frame::{FrameHeader, Opcode, is_valid_close_code};
 pub use handshake::accept_key;
 pub use mask::apply_mask;
+pub use text::Text;
 pub use transmit::Transmit;
 pub use url::{Url, UrlError};
 pub use utf8::Utf8Validator;

@@ -699,3 +699,27 @@ fn a_bad_frame_after_a_message_in_the_same_read_waits_for_the_answer() {
     receive(&mut ws, 5, wire);
     assert_fails_with(&ws.handle(Event::Tick { now_ms: 5 }), 1002);
 }
+
+#[test]
+fn plain_http_requests_go_to_the_application_when_asked() {
+    let page = "GET / HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    // Off (the default): a GET that is not an upgrade is refused.
+    assert_refused(page, 400, "upgrade");
+    // On: reported, answered with the application's page, then closed.
+    let mut ws = Connection::server(Config { plain_http: true, ..no_deflate() }).unwrap();
+    let out = receive(&mut ws, 0, page);
+    let [Outbound::HttpRequest(req)] = &out[..] else { panic!("{out:?}") };
+    assert_eq!(req.path(), "/");
+    let out = ws.handle(Event::Respond {
+        now_ms: 1,
+        status: 200,
+        content_type: "text/html".into(),
+        body: Bytes::from_static(b"<p>hi</p>"),
+    });
+    let answer = String::from_utf8(transmits(&out)).unwrap();
+    assert_eq!(
+        answer,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 9\r\nConnection: close\r\n\r\n<p>hi</p>"
+    );
+    assert_eq!(out.last(), Some(&Outbound::Disconnect));
+}
