@@ -45,8 +45,11 @@
 #![warn(missing_docs)]
 
 mod b64;
+pub mod channel;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hash;
+pub mod presence;
 pub mod rand;
 pub mod replay;
 pub mod ws;

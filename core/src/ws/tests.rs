@@ -706,9 +706,15 @@ fn plain_http_requests_go_to_the_application_when_asked() {
     // Off (the default): a GET that is not an upgrade is refused.
     assert_refused(page, 400, "upgrade");
     // On: reported, answered with the application's page, then closed.
-    let mut ws = Connection::server(Config { plain_http: true, ..no_deflate() }).unwrap();
+    let mut ws = Connection::server(Config {
+        plain_http: true,
+        ..no_deflate()
+    })
+    .unwrap();
     let out = receive(&mut ws, 0, page);
-    let [Outbound::HttpRequest(req)] = &out[..] else { panic!("{out:?}") };
+    let [Outbound::HttpRequest(req)] = &out[..] else {
+        panic!("{out:?}")
+    };
     assert_eq!(req.path(), "/");
     let out = ws.handle(Event::Respond {
         now_ms: 1,

@@ -1,0 +1,398 @@
+//! Scripted tests of the channel runtime over the wire format phoenix.js speaks.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// The demo channel of `spool serve`, rebuilt here so the core's tests need no shell.
+struct Room;
+
+impl ChannelHandler for Room {
+    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+        if params.get("token").and_then(Value::as_str) == Some("bad") {
+            return Err(json!({"reason": "unauthorized"}));
+        }
+        if let Some(user) = params.get("user").and_then(Value::as_str) {
+            let mut meta = serde_json::Map::new();
+            if let Some(name) = params.get("name") {
+                meta.insert("name".into(), name.clone());
+            }
+            socket.track(user, meta);
+        }
+        Ok(json!({}))
+    }
+
+    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
+        match event {
+            "shout" => {
+                socket.broadcast("shout", payload.clone());
+                HandleIn::NoReply
+            }
+            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
+            "crash" => HandleIn::Crash {
+                reason: "asked to".into(),
+            },
+            "bye" => HandleIn::Stop {
+                reason: "bye".into(),
+                reply: Some(("ok".into(), Payload::empty())),
+            },
+            _ => HandleIn::NoReply,
+        }
+    }
+}
+
+fn runtime() -> Runtime {
+    Runtime::new_single_node(Router::new().route("room:*", Room), Config::default())
+}
+
+fn send(rt: &mut Runtime, client: u64, text: &str) -> Vec<Outbound> {
+    rt.handle(Event::Receive {
+        now_ms: 0,
+        client_id: ClientId(client),
+        frame: Frame::Text(text.into()),
+    })
+}
+
+/// Every outbound as `to <clients>: <frame text>`, or its label: easy to assert in order.
+fn wire(out: &[Outbound]) -> Vec<String> {
+    out.iter()
+        .map(|o| match o.delivery() {
+            (Recipients::One(c), Some(Frame::Text(t))) => format!("to {}: {t}", c.0),
+            (Recipients::Many(cs), Some(Frame::Text(t))) => {
+                let ids: Vec<String> = cs.iter().map(|c| c.0.to_string()).collect();
+                format!("to {}: {t}", ids.join(","))
+            }
+            _ => format!(
+                "{} {}",
+                Runtime::outbound_label(o),
+                serde_json::to_string(o).unwrap()
+            ),
+        })
+        .collect()
+}
+
+#[test]
+fn join_replies_then_pushes_presence_state_then_broadcasts_the_diff() {
+    let mut rt = runtime();
+    let out = send(
+        &mut rt,
+        1,
+        r#"["1","1","room:lobby","phx_join",{"user":"alice","name":"Alice"}]"#,
+    );
+    assert_eq!(
+        wire(&out),
+        [
+            r#"to 1: ["1","1","room:lobby","phx_reply",{"status":"ok","response":{}}]"#,
+            r#"to 1: [null,null,"room:lobby","presence_diff",{"joins":{"alice":{"metas":[{"name":"Alice","phx_ref":"spool-1"}]}},"leaves":{}}]"#,
+            r#"to 1: ["1",null,"room:lobby","presence_state",{"alice":{"metas":[{"name":"Alice","phx_ref":"spool-1"}]}}]"#,
+        ]
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.subscribers("room:lobby")),
+        (1, vec![ClientId(1)])
+    );
+}
+
+#[test]
+fn push_reply_broadcast_heartbeat_and_unmatched_topics() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:a","phx_join",{}]"#);
+    send(&mut rt, 2, r#"["7","7","room:a","phx_join",{}]"#);
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"["1","2","room:a","ping",{"n":1}]"#)),
+        [r#"to 1: ["1","2","room:a","phx_reply",{"status":"ok","response":{"pong":{"n":1}}}]"#]
+    );
+    let out = send(&mut rt, 2, r#"["7","8","room:a","shout",{"body":"hi"}]"#);
+    assert_eq!(
+        wire(&out),
+        [r#"to 1,2: [null,null,"room:a","shout",{"body":"hi"}]"#]
+    );
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"[null,"3","phoenix","heartbeat",{}]"#)),
+        [r#"to 1: [null,"3","phoenix","phx_reply",{"status":"ok","response":{}}]"#]
+    );
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"["4","4","nope:1","phx_join",{}]"#)),
+        [
+            r#"to 1: [null,"4","nope:1","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+        ]
+    );
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"["9","5","room:other","ping",{}]"#)),
+        [
+            r#"to 1: [null,"5","room:other","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
+        ]
+    );
+}
+
+#[test]
+fn a_broadcast_is_encoded_once_for_all_subscribers() {
+    let mut rt = runtime();
+    for c in 0..100 {
+        send(&mut rt, c, r#"["1","1","room:big","phx_join",{}]"#);
+    }
+    let out = rt.handle(Event::Broadcast {
+        now_ms: 0,
+        except: Some(ClientId(5)),
+        topic: "room:big".into(),
+        event: "news".into(),
+        payload: json!({"x": 1}).into(),
+    });
+    let [Outbound::BroadcastMessage { recipients, .. }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(recipients.len(), 99);
+    assert!(!recipients.contains(&ClientId(5)));
+}
+
+#[test]
+fn leave_acks_then_closes_and_presence_leaves() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:l","phx_join",{"user":"a"}]"#);
+    send(&mut rt, 2, r#"["1","1","room:l","phx_join",{"user":"b"}]"#);
+    let out = send(&mut rt, 1, r#"["1","2","room:l","phx_leave",{}]"#);
+    assert_eq!(
+        wire(&out),
+        [
+            r#"to 1: ["1","2","room:l","phx_reply",{"status":"ok","response":{}}]"#,
+            r#"to 1: ["1","1","room:l","phx_close",{}]"#,
+            r#"to 2: [null,null,"room:l","presence_diff",{"joins":{},"leaves":{"a":{"metas":[{"phx_ref":"spool-1"}]}}}]"#,
+        ]
+    );
+    // Leaving again, or leaving a topic never joined: ok, as Phoenix answers.
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"["1","3","room:l","phx_leave",{}]"#)),
+        [r#"to 1: ["1","3","room:l","phx_reply",{"status":"ok","response":{}}]"#]
+    );
+    assert_eq!(rt.presences("room:l").len(), 1);
+}
+
+#[test]
+fn duplicate_join_closes_the_old_channel_and_stale_refs_are_dropped() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:d","phx_join",{"user":"a"}]"#);
+    let out = send(&mut rt, 1, r#"["5","5","room:d","phx_join",{"user":"a"}]"#);
+    assert_eq!(wire(&out)[0], r#"to 1: ["1","1","room:d","phx_close",{}]"#);
+    assert!(
+        wire(&out)[1].starts_with(r#"to 1: ["5","5","room:d","phx_reply",{"status":"ok""#),
+        "{out:?}"
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.presences("room:d")[0].metas.len()),
+        (1, 1)
+    );
+    let out = send(&mut rt, 1, r#"["1","6","room:d","ping",{}]"#);
+    assert_eq!(
+        wire(&out),
+        [r#"system {"outbound":"system","label":"stale message dropped: room:d ping"}"#]
+    );
+    // A null join_ref is accepted (phoenix 1.8.12 does the same).
+    let out = send(&mut rt, 1, r#"[null,"7","room:d","ping",{}]"#);
+    assert!(wire(&out)[0].contains(r#""status":"ok""#));
+}
+
+#[test]
+fn crash_sends_phx_error_and_the_client_can_rejoin() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:c","phx_join",{"user":"c"}]"#);
+    let out = send(&mut rt, 1, r#"["1","2","room:c","crash",{}]"#);
+    let w = wire(&out);
+    assert_eq!(
+        w[0],
+        r#"to 1: ["1","1","room:c","phx_error",{"reason":"channel_crash"}]"#
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.presences("room:c").len()),
+        (0, 0)
+    );
+    let out = send(&mut rt, 1, r#"["3","3","room:c","phx_join",{"user":"c"}]"#);
+    assert!(wire(&out)[0].contains(r#""status":"ok""#));
+    assert_eq!(rt.presences("room:c").len(), 1);
+}
+
+#[test]
+fn the_whole_runtime_crashes_and_restarts() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:x","phx_join",{}]"#);
+    send(&mut rt, 2, r#"["1","1","room:y","phx_join",{}]"#);
+    let out = rt.handle(Event::Crash {
+        now_ms: 0,
+        client_id: None,
+        topic: None,
+        reason: "boom".into(),
+    });
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, Outbound::PushMessage { event, .. } if event == "phx_error"))
+            .count(),
+        2
+    );
+    assert!(rt.crashed());
+    assert!(
+        wire(&send(&mut rt, 1, r#"["2","2","room:x","phx_join",{}]"#))[0]
+            .contains(r#""reason":"crashed""#)
+    );
+    rt.handle(Event::Restart { now_ms: 1 });
+    assert!(!rt.crashed());
+    assert!(
+        wire(&send(&mut rt, 1, r#"["3","3","room:x","phx_join",{}]"#))[0]
+            .contains(r#""status":"ok""#)
+    );
+}
+
+#[test]
+fn stop_replies_then_closes() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:s","phx_join",{}]"#);
+    let w = wire(&send(&mut rt, 1, r#"["1","2","room:s","bye",{}]"#));
+    assert_eq!(
+        w[0],
+        r#"to 1: ["1","2","room:s","phx_reply",{"status":"ok","response":{}}]"#
+    );
+    assert_eq!(w[1], r#"to 1: ["1","1","room:s","phx_close",{}]"#);
+    assert_eq!(rt.membership_count(), 0);
+}
+
+#[test]
+fn refused_joins_and_the_channel_limit() {
+    let mut rt = Runtime::new_single_node(
+        Router::new().route("room:*", Room),
+        Config {
+            max_channels_per_socket: 2,
+            ..Config::default()
+        },
+    );
+    assert_eq!(
+        wire(&send(
+            &mut rt,
+            1,
+            r#"["1","1","room:a","phx_join",{"token":"bad"}]"#
+        )),
+        [
+            r#"to 1: ["1","1","room:a","phx_reply",{"status":"error","response":{"reason":"unauthorized"}}]"#
+        ]
+    );
+    send(&mut rt, 1, r#"["2","2","room:a","phx_join",{}]"#);
+    send(&mut rt, 1, r#"["3","3","room:b","phx_join",{}]"#);
+    assert_eq!(
+        wire(&send(&mut rt, 1, r#"["4","4","room:c","phx_join",{}]"#)),
+        [
+            r#"to 1: ["4","4","room:c","phx_reply",{"status":"error","response":{"reason":"too many channels joined"}}]"#
+        ]
+    );
+}
+
+#[test]
+fn disconnect_ends_every_channel_and_presence() {
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:a","phx_join",{"user":"u"}]"#);
+    send(&mut rt, 1, r#"["2","2","room:b","phx_join",{"user":"u"}]"#);
+    send(&mut rt, 2, r#"["1","1","room:a","phx_join",{"user":"v"}]"#);
+    let out = rt.handle(Event::Disconnect {
+        now_ms: 0,
+        client_id: ClientId(1),
+    });
+    assert_eq!(
+        out.len(),
+        1,
+        "one diff to the one remaining subscriber: {out:?}"
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.subscribers("room:b").len()),
+        (1, 0)
+    );
+    assert_eq!(rt.presences("room:a")[0].key, "v");
+}
+
+#[test]
+fn malformed_frames_close_the_socket() {
+    let mut rt = runtime();
+    let out = send(&mut rt, 1, "{not json");
+    assert!(
+        matches!(&out[..], [Outbound::CloseSocket { code: 1008, .. }]),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn binary_pushes_get_binary_replies() {
+    struct Echo;
+    impl ChannelHandler for Echo {
+        fn handle_in(&self, _event: &str, payload: &Payload, _socket: &mut Socket) -> HandleIn {
+            HandleIn::ok(payload.clone())
+        }
+    }
+    let mut rt = Runtime::new_single_node(Router::new().route("bin", Echo), Config::default());
+    send(&mut rt, 1, r#"["1","1","bin","phx_join",{}]"#);
+    let push = bytes::Bytes::from_static(b"\x00\x01\x01\x03\x02" as &[u8]);
+    let mut wire = push.to_vec();
+    wire.extend_from_slice(b"12binev\xff");
+    let out = rt.handle(Event::Receive {
+        now_ms: 0,
+        client_id: ClientId(1),
+        frame: Frame::Binary(wire.into()),
+    });
+    let [
+        Outbound::Reply {
+            frame: Frame::Binary(b),
+            ..
+        },
+    ] = &out[..]
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(&b[..], b"\x01\x01\x01\x03\x0212binok\xff");
+}
+
+#[test]
+fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
+    struct Filter;
+    impl ChannelHandler for Filter {
+        fn intercepts(&self) -> &[&str] {
+            &["secret"]
+        }
+        fn handle_out(
+            &self,
+            _event: &str,
+            payload: &Payload,
+            socket: &mut Socket,
+        ) -> Option<Payload> {
+            (socket.client_id() != ClientId(2)).then(|| payload.clone())
+        }
+    }
+    let mut rt = Runtime::new_single_node(Router::new().route("t", Filter), Config::default());
+    for c in 1..=3 {
+        send(&mut rt, c, r#"["1","1","t","phx_join",{}]"#);
+    }
+    let out = rt.handle(Event::Broadcast {
+        now_ms: 0,
+        except: None,
+        topic: "t".into(),
+        event: "secret".into(),
+        payload: json!({}).into(),
+    });
+    assert_eq!(
+        wire(&out),
+        [
+            r#"to 1: ["1",null,"t","secret",{}]"#,
+            r#"to 3: ["1",null,"t","secret",{}]"#
+        ]
+    );
+}
+
+#[test]
+fn labels_and_adapters() {
+    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::default());
+    assert_eq!(rt.adapter_label(), "cluster_ready:n1@prod");
+    assert_eq!(runtime().adapter_label(), "single_node");
+    assert_eq!(
+        Runtime::event_label(&Event::Restart { now_ms: 0 }),
+        "restart"
+    );
+    assert_eq!(
+        Runtime::outbound_label(&Outbound::System {
+            label: String::new()
+        }),
+        "system"
+    );
+}

@@ -1,0 +1,363 @@
+//! Presence: who is on a topic, with what metadata, and the diffs that keep clients in sync.
+//!
+//! The shape is Phoenix's: a topic's state is `{key: {"metas": [meta, ..]}}`, one key (a user)
+//! may carry several metas (devices), and each meta has a unique opaque `phx_ref`. A change is
+//! a [`Diff`] of joins and leaves; an update is a leave of the old meta and a join of the new one
+//! carrying `phx_ref_prev`. This tracker is the single-node one: the connection that tracked a
+//! presence owns it, and it leaves when the connection leaves the topic.
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::channel::ClientId;
+use crate::hash::{HashMap, new_map};
+
+/// One presence of a key: its reference and the application's fields.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Meta {
+    /// Unique, opaque; clients match metas by it.
+    pub phx_ref: String,
+    /// On an update, the reference this meta replaces.
+    pub phx_ref_prev: Option<String>,
+    /// The application's fields (`name`, `online_at`, ...).
+    pub fields: Map<String, Value>,
+}
+
+impl Meta {
+    /// The JSON object clients see: the fields, plus `phx_ref` (and `phx_ref_prev`).
+    pub fn to_json(&self) -> Value {
+        let mut m = self.fields.clone();
+        m.insert("phx_ref".into(), Value::String(self.phx_ref.clone()));
+        if let Some(prev) = &self.phx_ref_prev {
+            m.insert("phx_ref_prev".into(), Value::String(prev.clone()));
+        }
+        Value::Object(m)
+    }
+}
+
+impl Serialize for Meta {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(s)
+    }
+}
+
+/// A key and its metas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The key (a user id, say).
+    pub key: String,
+    /// One per tracked presence of the key.
+    pub metas: Vec<Meta>,
+}
+
+/// A change of presence on one topic.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Diff {
+    /// Metas that appeared, by key.
+    pub joins: Vec<Entry>,
+    /// Metas that went away, by key.
+    pub leaves: Vec<Entry>,
+}
+
+impl Diff {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty() && self.leaves.is_empty()
+    }
+
+    /// The `presence_diff` payload: `{"joins": {key: {"metas": [..]}}, "leaves": {..}}`.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("joins".into(), entries_json(&self.joins));
+        m.insert("leaves".into(), entries_json(&self.leaves));
+        Value::Object(m)
+    }
+
+    fn add(list: &mut Vec<Entry>, key: &str, meta: Meta) {
+        match list.iter_mut().find(|e| e.key == key) {
+            Some(e) => e.metas.push(meta),
+            None => list.push(Entry {
+                key: key.to_string(),
+                metas: vec![meta],
+            }),
+        }
+    }
+}
+
+impl Serialize for Diff {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(2))?;
+        m.serialize_entry("joins", &entries_json(&self.joins))?;
+        m.serialize_entry("leaves", &entries_json(&self.leaves))?;
+        m.end()
+    }
+}
+
+/// `{key: {"metas": [..]}}`; serde_json's map keeps keys sorted, so the output is deterministic.
+fn entries_json(entries: &[Entry]) -> Value {
+    let mut out = Map::new();
+    for e in entries {
+        let metas: Vec<Value> = e.metas.iter().map(Meta::to_json).collect();
+        let mut inner = Map::new();
+        inner.insert("metas".into(), Value::Array(metas));
+        out.insert(e.key.clone(), Value::Object(inner));
+    }
+    Value::Object(out)
+}
+
+/// Why a presence operation did nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PresenceError {
+    /// The connection already tracks this key on this topic (Phoenix: `already_tracked`).
+    AlreadyTracked,
+    /// The connection tracks no such key on this topic (Phoenix: `nopresence`).
+    NoPresence,
+    /// The topic holds as many presences as its limit allows.
+    Full,
+}
+
+impl std::fmt::Display for PresenceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PresenceError::AlreadyTracked => "already tracked",
+            PresenceError::NoPresence => "no such presence",
+            PresenceError::Full => "too many presences on this topic",
+        })
+    }
+}
+
+impl std::error::Error for PresenceError {}
+
+/// One tracked presence.
+#[derive(Clone, Debug)]
+struct Tracked {
+    owner: ClientId,
+    meta: Meta,
+}
+
+/// The presences of one topic.
+#[derive(Clone, Debug)]
+struct Topic {
+    keys: HashMap<String, Vec<Tracked>>,
+    count: usize,
+}
+
+/// Presences of every topic on this node.
+#[derive(Clone, Debug)]
+pub struct Tracker {
+    topics: HashMap<String, Topic>,
+    seed: u64,
+    max_per_topic: usize,
+}
+
+impl Tracker {
+    /// An empty tracker. `seed` keys its hash maps; `max_per_topic` bounds each topic.
+    pub fn new(seed: u64, max_per_topic: usize) -> Tracker {
+        Tracker {
+            topics: new_map(seed),
+            seed,
+            max_per_topic,
+        }
+    }
+
+    /// Tracks `key` on `topic` for `owner`, with a fresh `phx_ref`.
+    ///
+    /// # Errors
+    /// [`PresenceError::AlreadyTracked`] when the owner tracks the key already;
+    /// [`PresenceError::Full`] at the topic's limit.
+    pub fn track(
+        &mut self,
+        topic: &str,
+        owner: ClientId,
+        key: &str,
+        fields: Map<String, Value>,
+        phx_ref: String,
+    ) -> Result<Diff, PresenceError> {
+        let seed = self.seed;
+        let t = self
+            .topics
+            .entry(topic.to_string())
+            .or_insert_with(|| Topic {
+                keys: new_map(seed),
+                count: 0,
+            });
+        if t.keys
+            .get(key)
+            .is_some_and(|v| v.iter().any(|p| p.owner == owner))
+        {
+            return Err(PresenceError::AlreadyTracked);
+        }
+        if t.count >= self.max_per_topic {
+            return Err(PresenceError::Full);
+        }
+        let meta = Meta {
+            phx_ref,
+            phx_ref_prev: None,
+            fields,
+        };
+        t.keys.entry(key.to_string()).or_default().push(Tracked {
+            owner,
+            meta: meta.clone(),
+        });
+        t.count += 1;
+        let mut diff = Diff::default();
+        Diff::add(&mut diff.joins, key, meta);
+        Ok(diff)
+    }
+
+    /// Replaces the fields of `owner`'s presence of `key`: a leave of the old meta and a join of
+    /// the new one, which carries `phx_ref_prev`.
+    ///
+    /// # Errors
+    /// [`PresenceError::NoPresence`] when the owner does not track the key.
+    pub fn update(
+        &mut self,
+        topic: &str,
+        owner: ClientId,
+        key: &str,
+        fields: Map<String, Value>,
+        phx_ref: String,
+    ) -> Result<Diff, PresenceError> {
+        let tracked = self
+            .topics
+            .get_mut(topic)
+            .and_then(|t| t.keys.get_mut(key))
+            .and_then(|v| v.iter_mut().find(|p| p.owner == owner))
+            .ok_or(PresenceError::NoPresence)?;
+        let old = tracked.meta.clone();
+        tracked.meta = Meta {
+            phx_ref,
+            phx_ref_prev: Some(old.phx_ref.clone()),
+            fields,
+        };
+        let mut diff = Diff::default();
+        Diff::add(&mut diff.leaves, key, old);
+        Diff::add(&mut diff.joins, key, tracked.meta.clone());
+        Ok(diff)
+    }
+
+    /// Removes `owner`'s presence of `key` on `topic`.
+    pub fn untrack(&mut self, topic: &str, owner: ClientId, key: &str) -> Diff {
+        let mut diff = Diff::default();
+        let Some(t) = self.topics.get_mut(topic) else {
+            return diff;
+        };
+        if let Some(list) = t.keys.get_mut(key) {
+            if let Some(i) = list.iter().position(|p| p.owner == owner) {
+                let gone = list.remove(i);
+                t.count -= 1;
+                Diff::add(&mut diff.leaves, key, gone.meta);
+            }
+            if list.is_empty() {
+                t.keys.remove(key);
+            }
+        }
+        if t.count == 0 {
+            self.topics.remove(topic);
+        }
+        diff
+    }
+
+    /// Every presence of `topic`, keys sorted, metas in the order tracked.
+    pub fn list(&self, topic: &str) -> Vec<Entry> {
+        let Some(t) = self.topics.get(topic) else {
+            return Vec::new();
+        };
+        let mut entries: Vec<Entry> = t
+            .keys
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.clone(),
+                metas: v.iter().map(|p| p.meta.clone()).collect(),
+            })
+            .collect();
+        entries.sort_by(|a, b| a.key.cmp(&b.key));
+        entries
+    }
+
+    /// The `presence_state` payload of `topic`.
+    pub fn state_json(&self, topic: &str) -> Value {
+        entries_json(&self.list(topic))
+    }
+
+    /// How many presences `topic` holds.
+    pub fn count(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, |t| t.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn track_update_untrack_make_phoenix_diffs() {
+        let mut t = Tracker::new(1, 100);
+        let a = ClientId(1);
+        let d = t
+            .track(
+                "room",
+                a,
+                "alice",
+                fields(json!({"name": "A"})),
+                "r1".into(),
+            )
+            .unwrap();
+        assert_eq!(
+            d.to_json(),
+            json!({"joins": {"alice": {"metas": [{"name": "A", "phx_ref": "r1"}]}}, "leaves": {}})
+        );
+        assert_eq!(
+            t.track("room", a, "alice", Map::new(), "r2".into()),
+            Err(PresenceError::AlreadyTracked)
+        );
+        t.track("room", ClientId(2), "alice", Map::new(), "r3".into())
+            .unwrap();
+        assert_eq!(t.list("room")[0].metas.len(), 2, "one key, two devices");
+
+        let d = t
+            .update(
+                "room",
+                a,
+                "alice",
+                fields(json!({"name": "B"})),
+                "r4".into(),
+            )
+            .unwrap();
+        assert_eq!(
+            d.to_json(),
+            json!({
+                "joins": {"alice": {"metas": [{"name": "B", "phx_ref": "r4", "phx_ref_prev": "r1"}]}},
+                "leaves": {"alice": {"metas": [{"name": "A", "phx_ref": "r1"}]}}
+            })
+        );
+        let d = t.untrack("room", a, "alice");
+        assert_eq!(d.leaves[0].metas[0].phx_ref, "r4");
+        assert_eq!(t.count("room"), 1);
+        t.untrack("room", ClientId(2), "alice");
+        assert_eq!(t.state_json("room"), json!({}));
+        assert_eq!(
+            t.update("room", a, "alice", Map::new(), "r5".into()),
+            Err(PresenceError::NoPresence)
+        );
+    }
+
+    #[test]
+    fn a_full_topic_refuses_more() {
+        let mut t = Tracker::new(1, 2);
+        t.track("x", ClientId(1), "a", Map::new(), "1".into())
+            .unwrap();
+        t.track("x", ClientId(2), "b", Map::new(), "2".into())
+            .unwrap();
+        assert_eq!(
+            t.track("x", ClientId(3), "c", Map::new(), "3".into()),
+            Err(PresenceError::Full)
+        );
+    }
+}
