@@ -1,4 +1,5 @@
-//! Event logs: how a run is recorded and replayed.
+//! Event logs: how a run is recorded and replayed, for WebSocket connections and for channel
+//! runtimes.
 //!
 //! A log is JSON lines. The first line says how the machine was made ([`Setup`]); every other
 //! line is one event it was given, in order. Because the core is deterministic, feeding the
@@ -62,6 +63,8 @@ pub enum ReplayError {
     Setup(usize),
     /// The logged configuration is invalid.
     Config(ws::ConfigError),
+    /// The log names an application this replayer does not know.
+    UnknownApp(String),
 }
 
 impl std::fmt::Display for ReplayError {
@@ -72,6 +75,7 @@ impl std::fmt::Display for ReplayError {
                 write!(f, "line {line}: a log has exactly one setup line, first")
             }
             ReplayError::Config(e) => write!(f, "{e}"),
+            ReplayError::UnknownApp(app) => write!(f, "unknown application {app:?}"),
         }
     }
 }
@@ -137,4 +141,113 @@ pub fn render_bytes(b: &[u8]) -> String {
             .collect::<Vec<_>>()
             .join("")
     }
+}
+
+/// How a channel runtime was made: the application (named, since handlers are code, not data)
+/// and the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSetup {
+    /// The application's name; the replayer must know it (`spool replay` knows `demo`).
+    pub app: String,
+    /// Single node, or cluster-ready `node@cluster`.
+    pub adapter: String,
+    /// The runtime's configuration.
+    pub config: crate::channel::Config,
+}
+
+/// One line of a channel event log: the setup first, then each event with the outbounds it
+/// produced when recorded, so a replay can say exactly where it differs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelLine {
+    /// The first line.
+    Setup(ChannelSetup),
+    /// An event and what it produced.
+    Step {
+        /// The event.
+        event: crate::channel::Event,
+        /// The outbounds recorded for it.
+        outbounds: Vec<crate::channel::Outbound>,
+    },
+}
+
+/// Where a channel replay differed from its recording.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mismatch {
+    /// 1-based line of the log.
+    pub line: usize,
+    /// What the recording says.
+    pub recorded: Vec<crate::channel::Outbound>,
+    /// What the replay produced.
+    pub replayed: Vec<crate::channel::Outbound>,
+}
+
+/// The result of replaying a channel log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ChannelReplay {
+    /// The setup line.
+    pub setup: ChannelSetup,
+    /// How many events were replayed.
+    pub events: usize,
+    /// Every step whose outbounds differ.
+    pub mismatches: Vec<Mismatch>,
+}
+
+/// Replays a channel log; `router` builds the application the setup names (or `None` if the
+/// replayer does not know it).
+///
+/// # Errors
+/// [`ReplayError`] for a malformed log or an unknown application.
+pub fn replay_channel(
+    log: &str,
+    router: impl Fn(&str) -> Option<crate::channel::Router>,
+) -> Result<ChannelReplay, ReplayError> {
+    use crate::channel::Runtime;
+    let mut runtime: Option<(Runtime, ChannelSetup)> = None;
+    let mut events = 0;
+    let mut mismatches = Vec::new();
+    for (i, text) in log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: ChannelLine =
+            serde_json::from_str(text).map_err(|e| ReplayError::Parse(i + 1, e))?;
+        match (line, runtime.as_mut()) {
+            (ChannelLine::Setup(setup), None) => {
+                let r = router(&setup.app).ok_or(ReplayError::UnknownApp(setup.app.clone()))?;
+                let rt = match setup
+                    .adapter
+                    .strip_prefix("cluster_ready:")
+                    .and_then(|a| a.split_once('@'))
+                {
+                    Some((node, cluster)) => {
+                        Runtime::new_cluster_ready(node, cluster, r, setup.config.clone())
+                    }
+                    None => Runtime::new_single_node(r, setup.config.clone()),
+                };
+                runtime = Some((rt, setup));
+            }
+            (ChannelLine::Step { event, outbounds }, Some((rt, _))) => {
+                events += 1;
+                let replayed = rt.handle(event);
+                if replayed != outbounds {
+                    mismatches.push(Mismatch {
+                        line: i + 1,
+                        recorded: outbounds,
+                        replayed,
+                    });
+                }
+            }
+            _ => return Err(ReplayError::Setup(i + 1)),
+        }
+    }
+    let Some((_, setup)) = runtime else {
+        return Err(ReplayError::Setup(1));
+    };
+    Ok(ChannelReplay {
+        setup,
+        events,
+        mismatches,
+    })
 }

@@ -15,6 +15,7 @@
 //! The handler surface and TLS set-up are shared with `spool-std` and re-exported here.
 #![warn(missing_docs)]
 
+pub mod chat;
 mod client;
 mod io;
 mod server;

@@ -1,5 +1,6 @@
-//! The `spool` binary: an echo server on either shell, and the client side of the Autobahn
-//! conformance suite.
+//! The `spool` binary: the channel server with its demo chat (`serve`), an echo server on
+//! either shell, the client side of the Autobahn conformance suite, and the channel log
+//! replayer.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -22,11 +23,23 @@ enum Command {
     Echo(EchoArgs),
     /// Run the client side of the Autobahn suite against a fuzzing server.
     EchoClient(EchoClientArgs),
-    /// Serve spool (for now: the echo server).
+    /// Serve Phoenix-compatible channels at /socket/websocket, with a demo `room:*` channel
+    /// and a chat page at /.
     Serve {
         /// Port to listen on.
         #[arg(long, default_value_t = 4000)]
         port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// Record every channel event (and what it produced) to FILE, for `spool replay`.
+        #[arg(long, value_name = "FILE")]
+        record: Option<PathBuf>,
+    },
+    /// Replay a channel log written by `serve --record` and report every outbound that differs.
+    Replay {
+        /// The log.
+        log: PathBuf,
     },
 }
 
@@ -79,23 +92,60 @@ impl Shell {
     }
 }
 
+fn serve(host: &str, port: u16, record: Option<PathBuf>) -> Result<(), String> {
+    let bind = format!("{host}:{port}");
+    let options = spool_smol::chat::ChatOptions {
+        bind: bind.clone(),
+        record,
+    };
+    let server = spool_smol::chat::serve(options)
+        .map_err(|e| format!("cannot start the server on {bind}: {e}"))?;
+    let addr = server.local_addr();
+    println!("spool serve: chat on http://{addr}/, channels at ws://{addr}/socket/websocket");
+    let _ = std::io::stdout().flush();
+    server.wait();
+    Err("the server stopped".to_string())
+}
+
+fn replay(log: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let report = spool_core::replay::replay_channel(&text, spool_smol::chat::router_for)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
+    for m in &report.mismatches {
+        println!(
+            "line {}: recorded {} outbounds, replay produced {}",
+            m.line,
+            m.recorded.len(),
+            m.replayed.len()
+        );
+        let show =
+            |o: &[spool_core::channel::Outbound]| serde_json::to_string(o).unwrap_or_default();
+        println!("  recorded: {}", show(&m.recorded));
+        println!("  replayed: {}", show(&m.replayed));
+    }
+    println!(
+        "replayed {} events of app {:?}: {} differ",
+        report.events,
+        report.setup.app,
+        report.mismatches.len()
+    );
+    if report.mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} events replayed differently",
+            report.mismatches.len()
+        ))
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Echo(args) => echo("echo", args),
         Command::EchoClient(args) => echo_client(args),
-        Command::Serve { port } => echo(
-            "serve",
-            EchoArgs {
-                port,
-                host: "127.0.0.1".to_string(),
-                shell: Shell::Smol,
-                tls_cert: None,
-                tls_key: None,
-                no_deflate: false,
-                record: None,
-            },
-        ),
+        Command::Serve { port, host, record } => serve(&host, port, record),
+        Command::Replay { log } => replay(&log),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

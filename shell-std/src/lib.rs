@@ -11,6 +11,7 @@
 //! Both can record every event given to the core as an event log (`spool_core::replay`).
 #![warn(missing_docs)]
 
+pub mod channels;
 mod client;
 mod clock;
 pub mod handler;

@@ -14,7 +14,7 @@ use crate::channel::ClientId;
 use crate::hash::{HashMap, new_map};
 
 /// One presence of a key: its reference and the application's fields.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Meta {
     /// Unique, opaque; clients match metas by it.
     pub phx_ref: String,
@@ -36,6 +36,34 @@ impl Meta {
     }
 }
 
+impl Meta {
+    /// Reads a meta from its JSON object (the inverse of [`Meta::to_json`]).
+    pub fn from_json(value: &Value) -> Option<Meta> {
+        let mut fields = value.as_object()?.clone();
+        let phx_ref = match fields.remove("phx_ref")? {
+            Value::String(s) => s,
+            _ => return None,
+        };
+        let phx_ref_prev = match fields.remove("phx_ref_prev") {
+            Some(Value::String(s)) => Some(s),
+            _ => None,
+        };
+        Some(Meta {
+            phx_ref,
+            phx_ref_prev,
+            fields,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Meta {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Meta, D::Error> {
+        let v = Value::deserialize(d)?;
+        Meta::from_json(&v)
+            .ok_or_else(|| serde::de::Error::custom("a meta is an object with a string phx_ref"))
+    }
+}
+
 impl Serialize for Meta {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.to_json().serialize(s)
@@ -52,7 +80,7 @@ pub struct Entry {
 }
 
 /// A change of presence on one topic.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Diff {
     /// Metas that appeared, by key.
     pub joins: Vec<Entry>,
@@ -92,6 +120,41 @@ impl Serialize for Diff {
         m.serialize_entry("leaves", &entries_json(&self.leaves))?;
         m.end()
     }
+}
+
+impl<'de> Deserialize<'de> for Diff {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Diff, D::Error> {
+        let v = Value::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(
+                "a diff is {\"joins\": {key: {\"metas\": [..]}}, \"leaves\": {..}}",
+            )
+        };
+        let side =
+            |name: &str| entries_from_json(v.get(name).unwrap_or(&Value::Null)).ok_or_else(bad);
+        Ok(Diff {
+            joins: side("joins")?,
+            leaves: side("leaves")?,
+        })
+    }
+}
+
+fn entries_from_json(v: &Value) -> Option<Vec<Entry>> {
+    v.as_object()?
+        .iter()
+        .map(|(key, presence)| {
+            let metas = presence
+                .get("metas")?
+                .as_array()?
+                .iter()
+                .map(Meta::from_json)
+                .collect::<Option<Vec<_>>>()?;
+            Some(Entry {
+                key: key.clone(),
+                metas,
+            })
+        })
+        .collect()
 }
 
 /// `{key: {"metas": [..]}}`; serde_json's map keeps keys sorted, so the output is deterministic.
@@ -346,6 +409,18 @@ mod tests {
             t.update("room", a, "alice", Map::new(), "r5".into()),
             Err(PresenceError::NoPresence)
         );
+    }
+
+    #[test]
+    fn diffs_read_back_what_they_write() {
+        let mut t = Tracker::new(1, 10);
+        t.track("x", ClientId(1), "a", fields(json!({"n": 1})), "1".into())
+            .unwrap();
+        let d = t
+            .update("x", ClientId(1), "a", fields(json!({"n": 2})), "2".into())
+            .unwrap();
+        let back: Diff = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
     }
 
     #[test]

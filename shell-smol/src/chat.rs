@@ -1,0 +1,138 @@
+//! The demo application of `spool serve`: a channel `room:*` and a chat page that uses it.
+//!
+//! Any join succeeds and tracks a presence under the `user` join parameter (with a `name`
+//! meta if given); `shout` is broadcast to the topic; `ping` replies `{"pong": payload}`;
+//! `crash` crashes the channel (the client gets `phx_error` and rejoins).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+use spool_core::channel::{self, ChannelHandler, HandleIn, Payload, Router, Runtime, Socket};
+use spool_std::channels::{ChannelSocket, Hub};
+
+use crate::{HttpResponse, Server, ServerHandle, StartError};
+
+/// The page served at `/`.
+const CHAT_PAGE: &str = include_str!("chat.html");
+
+/// The application's name in channel logs, for `spool replay`.
+pub const APP: &str = "demo";
+
+/// The `room:*` channel.
+pub struct Room;
+
+impl ChannelHandler for Room {
+    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+        if let Some(user) = params
+            .get("user")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            let mut meta = Map::new();
+            if let Some(name) = params.get("name").filter(|n| n.is_string()) {
+                meta.insert("name".into(), name.clone());
+            }
+            socket.track(user, meta);
+        }
+        Ok(json!({}))
+    }
+
+    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
+        match event {
+            "shout" => {
+                socket.broadcast("shout", payload.clone());
+                HandleIn::NoReply
+            }
+            "ping" => {
+                let pong = match payload {
+                    Payload::Json(v) => v.clone(),
+                    Payload::Binary(_) => Value::Null,
+                };
+                HandleIn::ok(json!({ "pong": pong }))
+            }
+            "crash" => HandleIn::Crash {
+                reason: "crash requested by the client".into(),
+            },
+            _ => HandleIn::NoReply,
+        }
+    }
+}
+
+/// The demo's router: `room:*` to [`Room`].
+pub fn router() -> Router {
+    Router::new().route("room:*", Room)
+}
+
+/// The routers `spool replay` can rebuild, by application name.
+pub fn router_for(app: &str) -> Option<Router> {
+    (app == APP).then(router)
+}
+
+/// How to run the demo server.
+#[derive(Clone, Debug)]
+pub struct ChatOptions {
+    /// Where to listen, e.g. `127.0.0.1:4000`.
+    pub bind: String,
+    /// Write a channel log of every event here.
+    pub record: Option<PathBuf>,
+}
+
+/// A running demo server.
+pub struct ChatServer {
+    server: ServerHandle,
+    _hub: Arc<Hub>,
+}
+
+impl ChatServer {
+    /// Where it listens.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Stops the server and its hub.
+    pub fn shutdown(self) {
+        self.server.shutdown();
+    }
+
+    /// Blocks while the server runs.
+    pub fn wait(self) {
+        self.server.wait();
+    }
+}
+
+/// Starts the demo: sockets at `/socket/websocket`, the chat page at `/`.
+///
+/// # Errors
+/// [`StartError`] when the server cannot start, or the record file cannot be created.
+pub fn serve(options: ChatOptions) -> Result<ChatServer, StartError> {
+    let config = channel::Config {
+        node: format!("spool{}", std::process::id()),
+        hash_seed: random_seed(),
+        ..channel::Config::default()
+    };
+    let runtime = Runtime::new_single_node(router(), config);
+    let hub = Arc::new(Hub::start(runtime, APP, options.record).map_err(StartError::SystemError)?);
+    let pages = Box::new(|request: &spool_core::ws::Request| match request.path() {
+        "/" | "/index.html" => Some(HttpResponse::new(
+            200,
+            "text/html; charset=utf-8",
+            CHAT_PAGE,
+        )),
+        _ => None,
+    });
+    let socket = ChannelSocket::new(hub.clone(), "/socket/websocket", pages);
+    let server = Server::new(socket)
+        .bind(options.bind)
+        .config(ChannelSocket::ws_config())
+        .start()?;
+    Ok(ChatServer { server, _hub: hub })
+}
+
+/// A seed for the runtime's hash maps, from the OS's per-process hasher keys.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(std::process::id() as u64);
+    h.finish()
+}
