@@ -28,3 +28,8 @@ pub use spool_std::handler::{
     Rejection, StartError,
 };
 pub use spool_std::tls;
+
+/// The README's Rust examples, compiled as doc tests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
