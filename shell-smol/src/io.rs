@@ -30,7 +30,7 @@ const MAX_IOVECS: usize = 64;
 /// How long a hang-up waits for the peer's end of the stream after our last bytes, so that the
 /// peer reads our close frame instead of a reset (RFC 6455 §7.1.1 asks the server to close
 /// TCP first and the client to wait for it).
-const LINGER: Duration = Duration::from_secs(2);
+pub(crate) const LINGER: Duration = Duration::from_secs(2);
 
 thread_local! {
     static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH_LEN].into_boxed_slice());

@@ -4,6 +4,10 @@
 //! Each executor thread runs a `LocalExecutor` under `smol::block_on`, which drives the async-io
 //! reactor on that thread whenever it would otherwise park. A connection runs on the thread
 //! whose acceptor took it, so its reads, timers and handler calls stay on one thread.
+//!
+//! Shutdown closes one stop channel: each thread cancels its acceptors, every connection asks
+//! its core to close with 1001 and runs the close handshake and hang-up as usual, and the thread
+//! ends once its connections have (or a bound has passed, when the rest are dropped).
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -17,7 +21,7 @@ use std::task::Poll;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use futures_lite::{FutureExt as _, Stream as _, future};
+use futures_lite::{FutureExt as _, Stream as _, future, ready};
 use futures_rustls::TlsAcceptor;
 use smol::channel::{Receiver, Sender};
 use smol::{Async, LocalExecutor, Timer};
@@ -38,6 +42,18 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// User messages handled in one turn before the socket gets its say again.
 const MAILBOX_BATCH: usize = 64;
+
+/// The close code every live connection is asked to close with when the server shuts down:
+/// 1001, going away (RFC 6455 §7.4.1). This is the server's application-level choice, as
+/// `Next::Stop` stands for 1000; the close handshake it starts is the core's business.
+const SHUTDOWN_CLOSE_CODE: u16 = 1001;
+
+/// The close reason that goes with [`SHUTDOWN_CLOSE_CODE`].
+const SHUTDOWN_CLOSE_REASON: &str = "server shutting down";
+
+/// Slack on top of the close handshake's and the hang-up's bounds before shutdown drops the
+/// connections that are still there.
+const SHUTDOWN_SPARE: Duration = Duration::from_secs(1);
 
 /// A WebSocket server, built with chained calls and started with [`Server::start`].
 ///
@@ -216,8 +232,11 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Stops accepting, ends every connection (each one's `on_close` runs, with the code the
-    /// core gives a vanished transport) and waits for the threads to finish.
+    /// Stops accepting, starts the close handshake on every live connection (code 1001, going
+    /// away; one still in its opening handshake is dropped), and returns once every connection
+    /// has ended and run its `on_close`. A peer that never answers the close is waited for as
+    /// long as the configuration's `close_timeout_ms`; connections still there a few seconds
+    /// after that (a peer that stopped reading) are dropped, and end as a vanished transport.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
@@ -230,7 +249,8 @@ impl ServerHandle {
     }
 
     fn stop_and_join(&mut self) {
-        // Closing the channel wakes every thread's `stopped.recv()`.
+        // Closing the channel wakes every thread's `stopped.recv()` and every connection's
+        // `Stop`.
         if let Some(stop) = self.stop.take() {
             stop.close();
         }
@@ -263,14 +283,38 @@ fn run_thread<H: Handler>(
     ready: mpsc::Sender<()>,
     stopped: Receiver<()>,
 ) {
+    // The close handshake's own bound, the hang-up after it, and a second to spare.
+    let grace =
+        Duration::from_millis(shared.config.close_timeout_ms) + crate::io::LINGER + SHUTDOWN_SPARE;
     let executor = Rc::new(LocalExecutor::new());
-    for _ in 0..acceptors {
-        let task = accept_loop(Rc::downgrade(&executor), shared.clone(), ready.clone());
-        executor.spawn(task).detach();
-    }
-    drop(ready);
+    // Every connection task (and every acceptor, which hands out clones) holds a clone of
+    // `live`; `drained.recv()` fails once the last one is dropped. Nothing is ever sent.
+    let (live, drained) = smol::channel::bounded::<()>(1);
+    let acceptors: Vec<_> = (0..acceptors)
+        .map(|_| {
+            let task = accept_loop(
+                Rc::downgrade(&executor),
+                shared.clone(),
+                ready.clone(),
+                stopped.clone(),
+                live.clone(),
+            );
+            executor.spawn(task)
+        })
+        .collect();
+    drop((ready, live));
     smol::block_on(executor.run(async {
         let _ = stopped.recv().await;
+        // No connection starts after this; the ones running saw the same channel close and
+        // are closing.
+        for acceptor in acceptors {
+            acceptor.cancel().await;
+        }
+        let timeout = async {
+            Timer::after(grace).await;
+            Ok(())
+        };
+        let _ = drained.recv().or(timeout).await;
     }));
     // Dropping the executor drops every connection task still running; each one's session
     // reports the end to the handler as it goes.
@@ -281,6 +325,8 @@ async fn accept_loop<H: Handler>(
     executor: Weak<LocalExecutor<'static>>,
     shared: Arc<Shared<H>>,
     ready: mpsc::Sender<()>,
+    stopped: Receiver<()>,
+    live: Sender<()>,
 ) {
     let _ = ready.send(());
     drop(ready);
@@ -292,10 +338,15 @@ async fn accept_loop<H: Handler>(
                     return;
                 };
                 // A panicking handler ends its own connection, not the thread's others.
-                let task = AssertUnwindSafe(serve(shared.clone(), stream, peer)).catch_unwind();
+                let stop = Stop::new(stopped.clone());
+                let task =
+                    AssertUnwindSafe(serve(shared.clone(), stream, peer, stop)).catch_unwind();
+                // Held for as long as the task runs, or until it is dropped with the executor.
+                let live = live.clone();
                 executor
                     .spawn(async move {
                         let _ = task.await;
+                        drop(live);
                     })
                     .detach();
             }
@@ -307,8 +358,13 @@ async fn accept_loop<H: Handler>(
 }
 
 /// One connection, from accept to drop.
-async fn serve<H: Handler>(shared: Arc<Shared<H>>, stream: Async<TcpStream>, peer: SocketAddr) {
-    let Some(mut session) = Session::new(shared.clone(), peer) else {
+async fn serve<H: Handler>(
+    shared: Arc<Shared<H>>,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    stop: Stop,
+) {
+    let Some(mut session) = Session::new(shared.clone(), peer, stop) else {
         return;
     };
     session.feed(Event::Open {
@@ -326,29 +382,62 @@ async fn serve_tls<H: Handler>(
     acceptor: &TlsAcceptor,
     stream: Async<TcpStream>,
 ) {
+    enum Tls<S> {
+        Up(std::io::Result<S>),
+        Timeout,
+        Shutdown,
+    }
     // The TLS handshake counts against the core's handshake deadline.
     let mut deadline = Deadline::new();
     deadline.arm(&session.ws, &session.clock);
-    let accept = async { Some(acceptor.accept(stream).await) };
+    let accept = async { Tls::Up(acceptor.accept(stream).await) };
     let fired = async {
         future::poll_fn(|cx| deadline.poll_fired(cx)).await;
-        None
+        Tls::Timeout
     };
-    match accept.or(fired).await {
-        Some(Ok(tls)) => drive(session, tls).await,
-        Some(Err(_)) => session.feed(Event::TransportClosed {
+    let stop = &mut session.stop;
+    let stopped = async {
+        future::poll_fn(|cx| stop.poll_fired(cx)).await;
+        Tls::Shutdown
+    };
+    match accept.or(fired).or(stopped).await {
+        Tls::Up(Ok(tls)) => drive(session, tls).await,
+        Tls::Up(Err(_)) => session.feed(Event::TransportClosed {
             now_ms: session.clock.now_ms(),
         }),
         // Nothing can be written before TLS is up: whatever the core answers is dropped.
-        None => session.feed(Event::Tick {
+        Tls::Timeout => session.feed(Event::Tick {
             now_ms: session.clock.now_ms(),
         }),
+        Tls::Shutdown => session.shut_down(),
+    }
+}
+
+/// The server's shutdown as one connection sees it: the stop channel, which is never sent on
+/// and closes when the server shuts down. Ready once, then pending for good.
+struct Stop(Option<Pin<Box<Receiver<()>>>>);
+
+impl Stop {
+    fn new(stopped: Receiver<()>) -> Stop {
+        // Pinned: a receiver polled as a stream keeps its listener in place.
+        Stop(Some(Box::pin(stopped)))
+    }
+
+    fn poll_fired(&mut self, cx: &mut std::task::Context<'_>) -> Poll<()> {
+        let Some(rx) = &mut self.0 else {
+            return Poll::Pending;
+        };
+        ready!(rx.as_mut().poll_next(cx));
+        // A closed channel stays ready: forget it so that it fires once.
+        self.0 = None;
+        Poll::Ready(())
     }
 }
 
 /// What woke a connection.
 enum Wake<U> {
     Tick,
+    Shutdown,
     Read(std::io::Result<bytes::Bytes>),
     User(U),
     Written(std::io::Result<()>),
@@ -367,8 +456,11 @@ async fn drive<H: Handler, S: Socket>(s: &mut Session<H>, mut stream: S) {
         deadline.arm(&s.ws, &s.clock);
         if !s.outgoing.is_empty() {
             let wake = future::poll_fn(|cx| {
+                if s.stop.poll_fired(cx).is_ready() {
+                    return Poll::Ready(Wake::<H::User>::Shutdown);
+                }
                 if deadline.poll_fired(cx).is_ready() {
-                    return Poll::Ready(Wake::<H::User>::Tick);
+                    return Poll::Ready(Wake::Tick);
                 }
                 s.outgoing.poll_write(&mut stream, cx).map(Wake::Written)
             })
@@ -377,6 +469,9 @@ async fn drive<H: Handler, S: Socket>(s: &mut Session<H>, mut stream: S) {
                 Wake::Tick => s.feed(Event::Tick {
                     now_ms: s.clock.now_ms(),
                 }),
+                // Queued behind what is being written; the core's close timer bounds the wait
+                // for a peer that stopped reading.
+                Wake::Shutdown => s.shut_down(),
                 Wake::Written(Ok(())) | Wake::Read(_) | Wake::User(_) => {}
                 Wake::Written(Err(_)) => {
                     // The transport is gone: nothing more can be written or read.
@@ -394,6 +489,9 @@ async fn drive<H: Handler, S: Socket>(s: &mut Session<H>, mut stream: S) {
         }
         user_first = !user_first;
         let wake = future::poll_fn(|cx| {
+            if s.stop.poll_fired(cx).is_ready() {
+                return Poll::Ready(Wake::Shutdown);
+            }
             if deadline.poll_fired(cx).is_ready() {
                 return Poll::Ready(Wake::Tick);
             }
@@ -422,6 +520,7 @@ async fn drive<H: Handler, S: Socket>(s: &mut Session<H>, mut stream: S) {
         let now_ms = s.clock.now_ms();
         match wake {
             Wake::Tick => s.feed(Event::Tick { now_ms }),
+            Wake::Shutdown => s.shut_down(),
             Wake::Read(Ok(bytes)) if !bytes.is_empty() => s.feed(Event::Receive { now_ms, bytes }),
             Wake::Read(_) => s.feed(Event::TransportClosed { now_ms }),
             Wake::User(u) => {
@@ -459,10 +558,12 @@ struct Session<H: Handler> {
     out: Vec<Outbound>,
     outgoing: Outgoing,
     disconnect: bool,
+    /// Fires when the server shuts down.
+    stop: Stop,
 }
 
 impl<H: Handler> Session<H> {
-    fn new(shared: Arc<Shared<H>>, peer: SocketAddr) -> Option<Session<H>> {
+    fn new(shared: Arc<Shared<H>>, peer: SocketAddr, stop: Stop) -> Option<Session<H>> {
         // The config was validated in `start`; this cannot fail.
         let ws = Connection::server(shared.config.clone()).ok()?;
         let recorder = shared.record.as_ref().and_then(|dir| {
@@ -489,12 +590,23 @@ impl<H: Handler> Session<H> {
             out: Vec::new(),
             outgoing: Outgoing::default(),
             disconnect: false,
+            stop,
         })
     }
 
     fn feed(&mut self, event: Event) {
         self.pending.push_back(event);
         self.run();
+    }
+
+    /// The server is shutting down: asks the core to close; the connection loop carries out
+    /// the close handshake and the hang-up as for any other close.
+    fn shut_down(&mut self) {
+        self.feed(Event::Close {
+            now_ms: self.clock.now_ms(),
+            code: SHUTDOWN_CLOSE_CODE,
+            reason: SHUTDOWN_CLOSE_REASON.to_string(),
+        });
     }
 
     /// Feeds the pending events to the core and carries out what comes back, until the handler

@@ -220,8 +220,18 @@ fn a_rejected_upgrade_is_a_handshake_error_and_no_on_close() {
 
 #[test]
 fn shutdown_runs_on_close_for_open_connections() {
+    // Clients that read nothing while the server shuts down: each close handshake ends at the
+    // core's close timeout, then the hang-up's linger.
+    let config = ws::Config {
+        close_timeout_ms: 300,
+        ..ws::Config::default()
+    };
     let echo = Echo::default();
-    let server = Server::new(echo.clone()).threads(2).start().unwrap();
+    let server = Server::new(echo.clone())
+        .config(config)
+        .threads(2)
+        .start()
+        .unwrap();
     let url = format!("ws://{}/", server.local_addr());
     smol::block_on(async {
         let mut clients = Vec::new();
@@ -231,12 +241,61 @@ fn shutdown_runs_on_close_for_open_connections() {
             client.recv().await.unwrap();
             clients.push(client);
         }
+        let started = std::time::Instant::now();
         server.shutdown();
-        assert_eq!(echo.closes.lock().unwrap().len(), 4);
+        let waited = started.elapsed();
+        // close_timeout_ms + the 2 s linger + 1 s is the bound.
+        assert!(waited < Duration::from_millis(3300), "{waited:?}");
+        let closes = echo.closes.lock().unwrap().clone();
+        assert_eq!(closes.len(), 4);
+        assert!(
+            closes
+                .iter()
+                .all(|c| (c.code, c.clean, c.initiator) == (1001, false, Initiator::Local)),
+            "{closes:?}"
+        );
         for mut client in clients {
-            assert!(matches!(client.recv().await, Err(ClientError::Closed(_))));
+            // The close frame waited in the socket.
+            match client.recv().await {
+                Err(ClientError::Closed(info)) => assert_eq!(info.code, 1001, "{info:?}"),
+                other => panic!("expected Closed, got {other:?}"),
+            }
         }
     });
+}
+
+#[test]
+fn shutdown_closes_with_1001_and_a_clean_handshake() {
+    let echo = Echo::default();
+    let server = Server::new(echo.clone()).start().unwrap();
+    let url = format!("ws://{}/", server.local_addr());
+    smol::block_on(async {
+        let mut client = Client::connect(&url, ws::Config::default()).await.unwrap();
+        client.send(Message::text("hi")).await.unwrap();
+        assert_eq!(client.recv().await.unwrap(), Message::text("hi"));
+        let started = std::time::Instant::now();
+        let shutdown = std::thread::spawn(move || server.shutdown());
+        match client.recv().await {
+            Err(ClientError::Closed(info)) => {
+                assert_eq!(
+                    (info.code, info.reason.as_str(), info.clean, info.initiator),
+                    (1001, "server shutting down", true, Initiator::Remote)
+                );
+            }
+            other => panic!("expected Closed, got {other:?}"),
+        }
+        drop(client);
+        shutdown.join().unwrap();
+        // An answered close ends well before the core's close timeout (5 s).
+        let waited = started.elapsed();
+        assert!(waited < Duration::from_secs(4), "{waited:?}");
+    });
+    let closes = echo.closes.lock().unwrap().clone();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(
+        (closes[0].code, closes[0].clean, closes[0].initiator),
+        (1001, true, Initiator::Local)
+    );
 }
 
 #[test]
