@@ -42,6 +42,24 @@ pub(crate) struct ServerOffer {
     pub deflate: Option<(DeflateParams, String)>,
 }
 
+/// The length of a complete head, `None` while it is incomplete, and the size limit checked
+/// either way: before the blank line arrives too, so a peer cannot make us buffer past it.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+    config: &Config,
+) -> Result<Option<usize>, HandshakeError> {
+    let limit = config.limits.max_handshake_len;
+    match parsed {
+        Ok(httparse::Status::Complete(n)) if n <= limit => Ok(Some(n)),
+        Ok(httparse::Status::Complete(_)) => Err(HandshakeError::TooLarge),
+        Ok(httparse::Status::Partial) if buffered > limit => Err(HandshakeError::TooLarge),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(HandshakeError::TooLarge),
+        Err(e) => Err(HandshakeError::Malformed(e.to_string())),
+    }
+}
+
 /// Parses the request head at the start of `buf`. `Ok(None)`: incomplete, read more.
 /// On success also returns the head's length; bytes after it belong to the frame stream.
 pub(crate) fn parse_request(
@@ -50,20 +68,9 @@ pub(crate) fn parse_request(
 ) -> Result<Option<(Parsed, usize)>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > config.limits.max_handshake_len {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
-        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+    let Some(head_len) = head_length(req.parse(buf), buf.len(), config)? else {
+        return Ok(None);
     };
-    if head_len > config.limits.max_handshake_len {
-        return Err(HandshakeError::TooLarge);
-    }
     if req.method != Some("GET") {
         return Err(HandshakeError::Method);
     }
@@ -263,16 +270,8 @@ pub(crate) fn parse_response(
 ) -> Result<Option<ServerAnswer>, HandshakeError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > config.limits.max_handshake_len {
-                return Err(HandshakeError::TooLarge);
-            }
-            return Ok(None);
-        }
-        Err(httparse::Error::TooManyHeaders) => return Err(HandshakeError::TooLarge),
-        Err(e) => return Err(HandshakeError::Malformed(e.to_string())),
+    let Some(head_len) = head_length(resp.parse(buf), buf.len(), config)? else {
+        return Ok(None);
     };
     let code = resp.code.unwrap_or(0);
     if code != 101 {
