@@ -11,6 +11,7 @@
 
 mod config;
 mod event;
+mod outbox;
 pub mod protocol;
 mod router;
 mod runtime;

@@ -30,18 +30,18 @@ pub enum Adapter {
 
 /// One joined channel of one socket.
 #[derive(Debug)]
-struct Membership {
-    route: usize,
-    socket: Socket,
+pub(super) struct Membership {
+    pub(super) route: usize,
+    pub(super) socket: Socket,
     /// Presence keys this channel tracks, so they leave with it.
-    presence_keys: Vec<String>,
+    pub(super) presence_keys: Vec<String>,
 }
 
 /// A topic's subscribers in subscription order, with their positions for O(1) removal.
 #[derive(Debug)]
-struct Subscribers {
-    list: Vec<ClientId>,
-    position: HashMap<ClientId, usize>,
+pub(super) struct Subscribers {
+    pub(super) list: Vec<ClientId>,
+    pub(super) position: HashMap<ClientId, usize>,
 }
 
 /// The channel runtime. Feed it [`Event`]s; deliver its [`Outbound`]s.
@@ -59,16 +59,16 @@ struct Subscribers {
 /// assert_eq!(rt.subscribers("room:lobby"), [ClientId(7)]);
 /// ```
 pub struct Runtime {
-    config: Config,
-    router: Router,
-    adapter: Adapter,
-    clients: HashMap<ClientId, Vec<Membership>>,
-    topics: HashMap<String, Subscribers>,
-    presence: Tracker,
-    memberships: usize,
-    crashed: bool,
-    next_ref: u64,
-    outbox: Vec<Outbound>,
+    pub(super) config: Config,
+    pub(super) router: Router,
+    pub(super) adapter: Adapter,
+    pub(super) clients: HashMap<ClientId, Vec<Membership>>,
+    pub(super) topics: HashMap<String, Subscribers>,
+    pub(super) presence: Tracker,
+    pub(super) memberships: usize,
+    pub(super) crashed: bool,
+    pub(super) next_ref: u64,
+    pub(super) outbox: Vec<Outbound>,
 }
 
 impl Runtime {
@@ -666,139 +666,22 @@ impl Runtime {
         }
     }
 
-    fn membership(&self, client: ClientId, topic: &str) -> Option<&Membership> {
+    pub(super) fn membership(&self, client: ClientId, topic: &str) -> Option<&Membership> {
         self.clients
             .get(&client)?
             .iter()
             .find(|m| m.socket.topic() == topic)
     }
 
-    fn membership_mut(&mut self, client: ClientId, topic: &str) -> Option<&mut Membership> {
+    pub(super) fn membership_mut(
+        &mut self,
+        client: ClientId,
+        topic: &str,
+    ) -> Option<&mut Membership> {
         self.clients
             .get_mut(&client)?
             .iter_mut()
             .find(|m| m.socket.topic() == topic)
-    }
-
-    // ---- output ----
-
-    fn new_ref(&mut self) -> String {
-        self.next_ref += 1;
-        format!("{}-{}", self.config.node, self.next_ref)
-    }
-
-    fn system(&mut self, label: String) {
-        self.outbox.push(Outbound::System { label });
-    }
-
-    fn reply(
-        &mut self,
-        client: ClientId,
-        topic: &str,
-        join_ref: Option<&str>,
-        msg_ref: Option<&str>,
-        status: &str,
-        response: Payload,
-    ) {
-        match protocol::encode_reply(join_ref, msg_ref, topic, status, &response) {
-            Some(frame) => self.outbox.push(Outbound::Reply {
-                client_id: client,
-                topic: topic.into(),
-                join_ref: join_ref.map(Into::into),
-                msg_ref: msg_ref.map(Into::into),
-                status: status.into(),
-                response,
-                frame,
-            }),
-            None => self.system(format!("reply not encodable: {topic}")),
-        }
-    }
-
-    fn push(
-        &mut self,
-        client: ClientId,
-        topic: &str,
-        join_ref: Option<&str>,
-        msg_ref: Option<&str>,
-        event: &str,
-        payload: Payload,
-    ) {
-        match protocol::encode_push(join_ref, msg_ref, topic, event, &payload) {
-            Some(frame) => self.outbox.push(Outbound::PushMessage {
-                client_id: client,
-                topic: topic.into(),
-                join_ref: join_ref.map(Into::into),
-                msg_ref: msg_ref.map(Into::into),
-                event: event.into(),
-                payload,
-                frame,
-            }),
-            None => self.system(format!("push not encodable: {topic} {event}")),
-        }
-    }
-
-    /// Fastlane: one frame for every subscriber, unless the topic's handler intercepts the
-    /// event, in which case each subscriber's `handle_out` decides its own push.
-    fn broadcast(&mut self, topic: &str, event: &str, payload: &Payload, except: Option<ClientId>) {
-        let Some(subs) = self.topics.get(topic) else {
-            return;
-        };
-        let route = self.router.find(topic);
-        let handler = route.and_then(|r| self.router.handler(r)).cloned();
-        if let Some(handler) = handler.filter(|h| h.intercepts().contains(&event)) {
-            let recipients: Vec<ClientId> = subs
-                .list
-                .iter()
-                .copied()
-                .filter(|c| Some(*c) != except)
-                .collect();
-            for client in recipients {
-                let Some(m) = self.membership_mut(client, topic) else {
-                    continue;
-                };
-                let out = handler.handle_out(event, payload, &mut m.socket);
-                let join_ref = m.socket.join_ref().to_string();
-                if let Some(p) = out {
-                    self.push(client, topic, Some(&join_ref), None, event, p);
-                }
-            }
-            return;
-        }
-        let recipients: Vec<ClientId> = match except {
-            None => subs.list.clone(),
-            Some(x) => subs.list.iter().copied().filter(|c| *c != x).collect(),
-        };
-        if recipients.is_empty() {
-            return;
-        }
-        match protocol::encode_broadcast(topic, event, payload) {
-            Some(frame) => self.outbox.push(Outbound::BroadcastMessage {
-                topic: topic.into(),
-                event: event.into(),
-                recipients,
-                frame,
-            }),
-            None => self.system(format!("broadcast not encodable: {topic} {event}")),
-        }
-    }
-
-    fn presence_diff(&mut self, topic: &str, diff: Diff) {
-        if diff.is_empty() {
-            return;
-        }
-        let recipients = self.subscribers(topic);
-        if recipients.is_empty() {
-            return;
-        }
-        let payload = Payload::Json(diff.to_json());
-        if let Some(frame) = protocol::encode_broadcast(topic, "presence_diff", &payload) {
-            self.outbox.push(Outbound::PresenceDiff {
-                topic: topic.into(),
-                diff,
-                recipients,
-                frame,
-            });
-        }
     }
 }
 
