@@ -5,6 +5,16 @@ use bytes::Bytes;
 
 use crate::ws::{ClientRequest, Config, Connection, DeflateConfig, Event, Outbound, Url};
 
+use std::collections::BTreeSet;
+
+use serde_json::{Map, Value, json};
+
+use crate::channel::{
+    self, ChannelHandler, ClientId, Frame, HandleIn, Payload, Recipients, Router, Runtime, Socket,
+    protocol,
+};
+use crate::ws::Text;
+
 const REQUEST: &[u8] =
     b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
@@ -128,4 +138,559 @@ pub fn ws_client_handshake(data: &[u8]) {
     }
     let out = ws.handle(Event::TransportClosed { now_ms: 2 });
     check(&out, &mut closed, &mut disconnected);
+}
+
+/// A channel like the demo's `room:*`, with more to reach: presence tracked, updated and
+/// untracked on request, a stop, an intercepted event, and a broadcast from `terminate`. Every
+/// meta carries its owner, so the fuzz targets can check that presences belong to subscribers.
+struct FuzzRoom;
+
+impl FuzzRoom {
+    fn meta(socket: &Socket) -> Map<String, Value> {
+        let mut meta = Map::new();
+        meta.insert("owner".into(), json!(socket.client_id().0));
+        meta
+    }
+
+    fn key(payload: &Payload) -> String {
+        let key = payload
+            .json()
+            .and_then(|v| v.get("key"))
+            .and_then(Value::as_str);
+        key.unwrap_or("k").to_string()
+    }
+}
+
+impl ChannelHandler for FuzzRoom {
+    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+        if params.get("token").and_then(Value::as_str) == Some("bad") {
+            return Err(json!({"reason": "unauthorized"}));
+        }
+        if let Some(user) = params
+            .get("user")
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+        {
+            let meta = FuzzRoom::meta(socket);
+            socket.track(user, meta);
+        }
+        Ok(json!({}))
+    }
+
+    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
+        match event {
+            "shout" => {
+                socket.broadcast("shout", payload.clone());
+                HandleIn::NoReply
+            }
+            "shout_from" => {
+                socket.broadcast_from("shout", payload.clone());
+                HandleIn::NoReply
+            }
+            "secret" => {
+                socket.broadcast("secret", payload.clone());
+                HandleIn::NoReply
+            }
+            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
+            "echo" => {
+                socket.push("echo", payload.clone());
+                HandleIn::ok(payload.clone())
+            }
+            "crash" => HandleIn::Crash {
+                reason: "crash requested by the client".into(),
+            },
+            "bye" => HandleIn::Stop {
+                reason: "bye".into(),
+                reply: Some(("ok".into(), Payload::empty())),
+            },
+            "track" => {
+                let meta = FuzzRoom::meta(socket);
+                socket.track(FuzzRoom::key(payload), meta);
+                HandleIn::NoReply
+            }
+            "update" => {
+                let meta = FuzzRoom::meta(socket);
+                socket.update_presence(FuzzRoom::key(payload), meta);
+                HandleIn::NoReply
+            }
+            "untrack" => {
+                socket.untrack(FuzzRoom::key(payload));
+                HandleIn::NoReply
+            }
+            _ => HandleIn::NoReply,
+        }
+    }
+
+    fn intercepts(&self) -> &[&str] {
+        &["secret"]
+    }
+
+    fn handle_out(&self, _event: &str, payload: &Payload, socket: &mut Socket) -> Option<Payload> {
+        (socket.client_id().0 % 2 == 0).then(|| payload.clone())
+    }
+
+    fn terminate(&self, reason: &str, socket: &mut Socket) {
+        // Only broadcasts survive terminate; the rest must be ignored.
+        socket.broadcast_from("gone", json!({ "reason": reason }));
+        socket.push("never", Payload::empty());
+        let meta = FuzzRoom::meta(socket);
+        socket.track("late", meta);
+    }
+}
+
+fn fuzz_router() -> Router {
+    Router::new().route("room:*", FuzzRoom)
+}
+
+/// Whether a JSON value holds a float, which need not survive a print and a parse exactly.
+fn has_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => n.is_f64(),
+        Value::Array(a) => a.iter().any(has_float),
+        Value::Object(o) => o.values().any(has_float),
+        _ => false,
+    }
+}
+
+/// `kind | one length byte per field | the fields | payload`, built by hand.
+fn binary_wire(kind: u8, fields: &[&str], payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend(fields.iter().map(|f| f.len() as u8));
+    for f in fields {
+        out.extend_from_slice(f.as_bytes());
+    }
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What the encoders make of a decoded message: JSON pushes and broadcasts decode back to the
+/// same fields, binary ones have the serializer's layout (every field came from a length byte,
+/// so every field fits one).
+fn check_encodes(m: &protocol::Message) {
+    let (jr, mr) = (m.join_ref.as_deref(), m.msg_ref.as_deref());
+    let push = protocol::encode_push(jr, mr, &m.topic, &m.event, &m.payload);
+    let reply = protocol::encode_reply(jr, mr, &m.topic, &m.event, &m.payload);
+    let broadcast = protocol::encode_broadcast(&m.topic, &m.event, &m.payload);
+    match &m.payload {
+        Payload::Json(v) => {
+            let push = push.expect("a JSON push always encodes");
+            assert!(reply.is_some(), "a JSON reply always encodes");
+            let broadcast = broadcast.expect("a JSON broadcast always encodes");
+            let back = protocol::decode(&push).expect("an encoded push decodes");
+            assert_eq!(
+                (&back.join_ref, &back.msg_ref, &back.topic, &back.event),
+                (&m.join_ref, &m.msg_ref, &m.topic, &m.event)
+            );
+            if !has_float(v) {
+                assert_eq!(back.payload, m.payload);
+            }
+            let back = protocol::decode(&broadcast).expect("an encoded broadcast decodes");
+            assert_eq!((back.join_ref, back.msg_ref), (None, None));
+            assert_eq!((&back.topic, &back.event), (&m.topic, &m.event));
+        }
+        Payload::Binary(b) => {
+            let (jr, mr) = (jr.unwrap_or(""), mr.unwrap_or(""));
+            let wire = |f: Option<Frame>| match f {
+                Some(Frame::Binary(b)) => b.to_vec(),
+                other => panic!("a binary payload encodes to a binary frame: {other:?}"),
+            };
+            assert_eq!(wire(push), binary_wire(0, &[jr, &m.topic, &m.event], b));
+            assert_eq!(
+                wire(reply),
+                binary_wire(1, &[jr, mr, &m.topic, &m.event], b)
+            );
+            assert_eq!(wire(broadcast), binary_wire(2, &[&m.topic, &m.event], b));
+        }
+    }
+}
+
+/// Every frame goes to a client in `known`, and a socket is closed only for its own frame.
+fn check_recipients(out: &[channel::Outbound], known: &BTreeSet<ClientId>) {
+    for o in out {
+        match o.delivery() {
+            (Recipients::One(c), _) => assert!(known.contains(&c), "to unknown {c:?}: {o:?}"),
+            (Recipients::Many(cs), _) => {
+                for c in cs {
+                    assert!(known.contains(c), "to unknown {c:?}: {o:?}");
+                }
+            }
+            (Recipients::None, _) => {}
+        }
+        if let channel::Outbound::CloseSocket { client_id, .. } = o {
+            assert!(known.contains(client_id), "close of unknown {client_id:?}");
+        }
+    }
+}
+
+/// Arbitrary bytes as a client's channel frame, as text (when UTF-8) and as binary: decoded,
+/// re-encoded, and received by a runtime with the demo's channel where client 1 and 2 joined
+/// `room:lobby` and client 3 joined nothing.
+pub fn channel_decode(data: &[u8]) {
+    let bytes = Bytes::copy_from_slice(data);
+    let mut frames = vec![Frame::Binary(bytes.clone())];
+    if let Ok(text) = Text::from_utf8(bytes) {
+        frames.push(Frame::Text(text));
+    }
+    let mut rt = Runtime::new_single_node(fuzz_router(), channel::Config::default());
+    for (client, join) in [
+        (1, r#"["1","1","room:lobby","phx_join",{"user":"a"}]"#),
+        (2, r#"["1","1","room:lobby","phx_join",{"user":"b"}]"#),
+        (2, r#"["2","2","room:x","phx_join",{}]"#),
+    ] {
+        rt.handle(channel::Event::Receive {
+            now_ms: 0,
+            client_id: ClientId(client),
+            frame: Frame::Text(Text::from_static(join)),
+        });
+    }
+    rt.handle(channel::Event::Connect {
+        now_ms: 0,
+        client_id: ClientId(3),
+    });
+    let known: BTreeSet<ClientId> = (1..=3).map(ClientId).collect();
+    for frame in frames {
+        let decoded = protocol::decode(&frame);
+        if let Ok(m) = &decoded {
+            check_encodes(m);
+        }
+        for sender in [ClientId(1), ClientId(3)] {
+            let out = rt.handle(channel::Event::Receive {
+                now_ms: 1,
+                client_id: sender,
+                frame: frame.clone(),
+            });
+            check_recipients(&out, &known);
+            let closed = out
+                .iter()
+                .any(|o| matches!(o, channel::Outbound::CloseSocket { .. }));
+            assert_eq!(closed, decoded.is_err(), "closed iff undecodable: {out:?}");
+            if closed {
+                assert!(
+                    matches!(&out[..], [channel::Outbound::CloseSocket { client_id, code: 1008, .. }] if *client_id == sender),
+                    "{out:?}"
+                );
+            }
+        }
+    }
+}
+
+/// The topics `channel_events` joins, broadcasts to and crashes: three routed ones, one no
+/// route matches, and one longer than the short topic limit some configurations set.
+const FUZZ_TOPICS: [&str; 5] = ["room:0", "room:1", "room:2", "nope", "room:long-topic"];
+/// Events clients push; the handler does something with each but the last.
+const FUZZ_EVENTS: [&str; 12] = [
+    "ping",
+    "shout",
+    "shout_from",
+    "secret",
+    "echo",
+    "crash",
+    "bye",
+    "track",
+    "update",
+    "untrack",
+    "phx_leave",
+    "other",
+];
+const FUZZ_KEYS: [&str; 3] = ["a", "b", "c"];
+
+/// Fuzz input read a byte at a time; zeros past its end.
+struct Input<'a>(&'a [u8]);
+
+impl Input<'_> {
+    fn op(&mut self) -> Option<u8> {
+        let (&b, rest) = self.0.split_first()?;
+        self.0 = rest;
+        Some(b)
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.op().unwrap_or(0)
+    }
+
+    fn client(&mut self) -> ClientId {
+        ClientId(u64::from(self.byte() % 4))
+    }
+
+    fn topic(&mut self) -> &'static str {
+        FUZZ_TOPICS[self.byte() as usize % FUZZ_TOPICS.len()]
+    }
+
+    fn event(&mut self) -> &'static str {
+        FUZZ_EVENTS[self.byte() as usize % FUZZ_EVENTS.len()]
+    }
+
+    /// A join_ref from a small set, so current and stale ones both come up; null on the high bit.
+    fn join_ref(&mut self) -> Option<String> {
+        let b = self.byte();
+        (b & 0x80 == 0).then(|| (b % 4).to_string())
+    }
+
+    fn payload(&mut self) -> Payload {
+        let b = self.byte();
+        if b & 0x80 != 0 {
+            Payload::Binary(Bytes::copy_from_slice(&[b]))
+        } else {
+            Payload::Json(json!({ "key": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] }))
+        }
+    }
+
+    fn slice(&mut self) -> &[u8] {
+        let n = (self.byte() as usize).min(self.0.len());
+        let (chunk, rest) = self.0.split_at(n);
+        self.0 = rest;
+        chunk
+    }
+}
+
+fn json_ref(r: Option<&str>) -> Value {
+    r.map_or(Value::Null, |r| Value::String(r.into()))
+}
+
+/// What must hold between any two events: the membership count is the sum of the topics'
+/// subscribers, nobody subscribes twice or past the channel limit, every presence belongs to a
+/// subscriber of its topic, and a crashed runtime holds nothing.
+fn check_state(rt: &Runtime, topics: &BTreeSet<String>, connected: &BTreeSet<ClientId>) {
+    let mut total = 0;
+    let mut per_client = std::collections::BTreeMap::<ClientId, usize>::new();
+    for topic in topics {
+        let subs = rt.subscribers(topic);
+        let unique: BTreeSet<ClientId> = subs.iter().copied().collect();
+        assert_eq!(
+            unique.len(),
+            subs.len(),
+            "a subscriber twice on {topic}: {subs:?}"
+        );
+        for c in &subs {
+            assert!(connected.contains(c), "{c:?} on {topic} but disconnected");
+            *per_client.entry(*c).or_default() += 1;
+        }
+        total += subs.len();
+        for entry in rt.presences(topic) {
+            assert!(!entry.metas.is_empty(), "a key without metas: {entry:?}");
+            for meta in &entry.metas {
+                let owner = meta.fields.get("owner").and_then(Value::as_u64);
+                assert!(
+                    owner.is_some_and(|o| unique.contains(&ClientId(o))),
+                    "presence {} on {topic} of {owner:?}, not a subscriber of {subs:?}",
+                    entry.key
+                );
+            }
+        }
+        if rt.crashed() {
+            assert!(subs.is_empty() && rt.presences(topic).is_empty());
+        }
+    }
+    assert_eq!(rt.membership_count(), total, "memberships over {topics:?}");
+    let limit = rt.config().max_channels_per_socket;
+    assert!(per_client.values().all(|n| *n <= limit), "{per_client:?}");
+    if rt.crashed() {
+        assert_eq!(rt.membership_count(), 0, "memberships while crashed");
+    }
+}
+
+/// A sequence of operations on a runtime with four clients, read from the bytes: joins, leaves
+/// and pushes as frames (text and binary, current, stale and null join_refs), the same as direct
+/// events, heartbeats, connects and disconnects, broadcasts, crashes of a channel and of the
+/// whole runtime, restarts, and frames of fuzzer-chosen bytes. The first byte picks the
+/// configuration, so the channel, presence and topic limits are reached. The state is checked
+/// after every step, and every outbound goes to a client that is connected.
+pub fn channel_events(data: &[u8]) {
+    let mut input = Input(data);
+    let flags = input.byte();
+    let mut config = channel::Config::default();
+    if flags & 1 != 0 {
+        config.max_channels_per_socket = 2;
+    }
+    if flags & 2 != 0 {
+        config.max_presences_per_topic = 2;
+    }
+    if flags & 4 != 0 {
+        config.presence_state_on_join = false;
+    }
+    if flags & 8 != 0 {
+        config.max_topic_len = 8;
+    }
+    let mut rt = Runtime::new_single_node(fuzz_router(), config);
+    let mut topics: BTreeSet<String> = FUZZ_TOPICS.iter().map(|t| t.to_string()).collect();
+    let mut connected = BTreeSet::new();
+    let mut now_ms = 0;
+    while let Some(op) = input.op() {
+        now_ms += 1;
+        let msg_ref = now_ms.to_string();
+        let (client, event) = match op % 14 {
+            0 => {
+                let (c, topic) = (input.client(), input.topic());
+                let jr = input.join_ref();
+                let b = input.byte();
+                let params = match b % 5 {
+                    0 => json!({}),
+                    1 => json!({"token": "bad"}),
+                    k => json!({ "user": FUZZ_KEYS[k as usize - 2] }),
+                };
+                let text = json!([json_ref(jr.as_deref()), msg_ref, topic, "phx_join", params]);
+                (Some(c), text_frame(now_ms, c, &text))
+            }
+            1 => {
+                let (c, topic) = (input.client(), input.topic());
+                let jr = input.join_ref();
+                let text = json!([json_ref(jr.as_deref()), msg_ref, topic, "phx_leave", {}]);
+                (Some(c), text_frame(now_ms, c, &text))
+            }
+            2 => {
+                let (c, topic, event) = (input.client(), input.topic(), input.event());
+                let jr = input.join_ref();
+                let key = FUZZ_KEYS[input.byte() as usize % FUZZ_KEYS.len()];
+                let text = json!([json_ref(jr.as_deref()), msg_ref, topic, event, {"key": key}]);
+                (Some(c), text_frame(now_ms, c, &text))
+            }
+            3 => {
+                // A binary push: phoenix.js's serializer always sends both refs.
+                let (c, topic, event) = (input.client(), input.topic(), input.event());
+                let jr = input.join_ref().unwrap_or_default();
+                let payload = [input.byte()];
+                let wire = binary_wire(0, &[&jr, &msg_ref, topic, event], &payload);
+                let frame = Frame::Binary(wire.into());
+                (Some(c), receive(now_ms, c, frame))
+            }
+            4 => {
+                let c = input.client();
+                let text = json!([null, msg_ref, "phoenix", "heartbeat", {}]);
+                (Some(c), text_frame(now_ms, c, &text))
+            }
+            5 => {
+                let c = input.client();
+                let event = channel::Event::Connect {
+                    now_ms,
+                    client_id: c,
+                };
+                (Some(c), event)
+            }
+            6 => {
+                let c = input.client();
+                connected.remove(&c);
+                let event = channel::Event::Disconnect {
+                    now_ms,
+                    client_id: c,
+                };
+                (None, event)
+            }
+            7 => {
+                let (topic, event) = (input.topic(), input.event());
+                let b = input.byte();
+                let except = (b & 4 != 0).then_some(ClientId(u64::from(b % 4)));
+                let event = channel::Event::Broadcast {
+                    now_ms,
+                    except,
+                    topic: topic.into(),
+                    event: event.into(),
+                    payload: input.payload(),
+                };
+                (None, event)
+            }
+            8 => {
+                let (c, topic) = (input.client(), input.topic());
+                let event = channel::Event::Crash {
+                    now_ms,
+                    client_id: Some(c),
+                    topic: Some(topic.into()),
+                    reason: "fuzz".into(),
+                };
+                (None, event)
+            }
+            9 => {
+                let event = channel::Event::Crash {
+                    now_ms,
+                    client_id: None,
+                    topic: None,
+                    reason: "fuzz".into(),
+                };
+                (None, event)
+            }
+            10 => (None, channel::Event::Restart { now_ms }),
+            11 => {
+                let (c, kind) = (input.client(), input.byte());
+                let raw = Bytes::copy_from_slice(input.slice());
+                let frame = match Text::from_utf8(raw) {
+                    Ok(text) if kind & 1 == 0 => Frame::Text(text),
+                    Ok(text) => Frame::Binary(text.into_bytes()),
+                    Err(raw) => Frame::Binary(raw),
+                };
+                if let Ok(m) = protocol::decode(&frame) {
+                    topics.insert(m.topic);
+                }
+                (Some(c), receive(now_ms, c, frame))
+            }
+            12 => {
+                let (c, topic) = (input.client(), input.topic());
+                let join_ref = input.join_ref().unwrap_or_default();
+                let b = input.byte();
+                let params = json!({ "user": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] });
+                let msg_ref = Some(msg_ref);
+                let event = if b & 0x80 == 0 {
+                    channel::Event::Join {
+                        now_ms,
+                        client_id: c,
+                        topic: topic.into(),
+                        join_ref,
+                        msg_ref,
+                        params,
+                    }
+                } else {
+                    channel::Event::Rejoin {
+                        now_ms,
+                        client_id: c,
+                        topic: topic.into(),
+                        join_ref,
+                        msg_ref,
+                        params,
+                    }
+                };
+                (Some(c), event)
+            }
+            _ => {
+                let (c, topic) = (input.client(), input.topic());
+                let join_ref = input.join_ref();
+                let b = input.byte();
+                let event = if b & 0x80 == 0 {
+                    channel::Event::Leave {
+                        now_ms,
+                        client_id: c,
+                        topic: topic.into(),
+                        join_ref,
+                        msg_ref: Some(msg_ref),
+                    }
+                } else {
+                    channel::Event::Push {
+                        now_ms,
+                        client_id: c,
+                        topic: topic.into(),
+                        event: FUZZ_EVENTS[b as usize % FUZZ_EVENTS.len()].into(),
+                        join_ref,
+                        msg_ref: Some(msg_ref),
+                        payload: input.payload(),
+                    }
+                };
+                (Some(c), event)
+            }
+        };
+        if let Some(c) = client {
+            connected.insert(c);
+        }
+        let out = rt.handle(event);
+        check_recipients(&out, &connected);
+        check_state(&rt, &topics, &connected);
+    }
+}
+
+fn receive(now_ms: u64, client_id: ClientId, frame: Frame) -> channel::Event {
+    channel::Event::Receive {
+        now_ms,
+        client_id,
+        frame,
+    }
+}
+
+fn text_frame(now_ms: u64, client_id: ClientId, message: &Value) -> channel::Event {
+    receive(now_ms, client_id, Frame::Text(message.to_string().into()))
 }

@@ -44,3 +44,13 @@ fn ws_client_handshake_corpus() {
         spool_core::fuzzing::ws_client_handshake,
     );
 }
+
+#[test]
+fn channel_decode_corpus() {
+    replay("channel_decode", spool_core::fuzzing::channel_decode);
+}
+
+#[test]
+fn channel_events_corpus() {
+    replay("channel_events", spool_core::fuzzing::channel_events);
+}

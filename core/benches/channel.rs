@@ -1,0 +1,99 @@
+//! Channel runtime throughput.
+//!
+//! `cargo bench -p spool-core --bench channel` prints events per second for a joined client
+//! pushing `ping` (the frame decoded, the handler run, its reply encoded), and the time of one
+//! broadcast to the 10,000 subscribers of a topic with its deliveries per second. The aim for
+//! the broadcast is under 1 ms of core time; the shell's writes are not counted.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use serde_json::{Value, json};
+use spool_core::channel::{
+    ChannelHandler, ClientId, Config, Event, Frame, HandleIn, Outbound, Payload, Router, Runtime,
+    Socket,
+};
+use spool_core::ws::Text;
+
+const SUBSCRIBERS: u64 = 10_000;
+
+/// The demo's `room:*` channel, as far as the benchmark uses it.
+struct Room;
+
+impl ChannelHandler for Room {
+    fn handle_in(&self, event: &str, payload: &Payload, _socket: &mut Socket) -> HandleIn {
+        match event {
+            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
+            _ => HandleIn::NoReply,
+        }
+    }
+}
+
+fn runtime() -> Runtime {
+    Runtime::new_single_node(Router::new().route("room:*", Room), Config::default())
+}
+
+fn join(rt: &mut Runtime, client: u64, topic: &str) {
+    let join = format!(r#"["1","1","{topic}","phx_join",{{}}]"#);
+    let out = rt.handle(Event::Receive {
+        now_ms: 0,
+        client_id: ClientId(client),
+        frame: Frame::Text(join.into()),
+    });
+    assert!(
+        matches!(&out[0], Outbound::Reply { status, .. } if status == "ok"),
+        "{out:?}"
+    );
+}
+
+fn push_and_reply(c: &mut Criterion) {
+    let mut rt = runtime();
+    join(&mut rt, 1, "room:lobby");
+    let ping = Frame::Text(Text::from_static(
+        r#"["1","2","room:lobby","ping",{"n":1}]"#,
+    ));
+    let mut group = c.benchmark_group("push ping, reply ok");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("Runtime::handle", |b| {
+        b.iter(|| {
+            let out = rt.handle(Event::Receive {
+                now_ms: 1,
+                client_id: ClientId(1),
+                frame: ping.clone(),
+            });
+            assert!(matches!(&out[..], [Outbound::Reply { status, .. }] if status == "ok"));
+            black_box(out)
+        })
+    });
+    group.finish();
+}
+
+fn broadcast(c: &mut Criterion) {
+    let mut rt = runtime();
+    for client in 0..SUBSCRIBERS {
+        join(&mut rt, client, "room:big");
+    }
+    assert_eq!(rt.subscribers("room:big").len() as u64, SUBSCRIBERS);
+    let payload = Payload::Json(json!({"body": "hi"}));
+    let mut group = c.benchmark_group("broadcast to 10,000 subscribers");
+    group.throughput(Throughput::Elements(SUBSCRIBERS));
+    for (name, except) in [("to all", None), ("from one", Some(ClientId(5_000)))] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let out = rt.handle(Event::Broadcast {
+                    now_ms: 1,
+                    except,
+                    topic: "room:big".into(),
+                    event: "shout".into(),
+                    payload: payload.clone(),
+                });
+                assert!(matches!(&out[..], [Outbound::BroadcastMessage { .. }]));
+                black_box(out)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, push_and_reply, broadcast);
+criterion_main!(benches);
