@@ -10,47 +10,14 @@
 use std::collections::BTreeMap;
 
 use quickcheck::{Arbitrary, Gen, QuickCheck, TestResult};
-use serde_json::{Map, Value, json};
-use spool_core::channel::{
-    ChannelHandler, ClientId, Config, Event, Frame, HandleIn, Outbound, Payload, Recipients,
-    Router, Runtime, Socket,
-};
+use serde_json::{Value, json};
+use spool_core::channel::{ClientId, Config, Event, Frame, Outbound, Recipients, Runtime};
 
 const CLIENTS: u64 = 4;
 /// Three routed topics and one that no route matches.
 const TOPICS: [&str; 4] = ["room:0", "room:1", "room:2", "nope"];
 /// Presence keys, few so that clients collide on them; `None` joins without a `user`.
 const KEYS: [Option<&str>; 4] = [None, Some("alice"), Some("bob"), Some("carol")];
-
-/// The demo channel of `spool serve` (shell-smol's `chat::Room`), rebuilt for the core's tests.
-struct Room;
-
-impl ChannelHandler for Room {
-    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
-        if let Some(user) = params
-            .get("user")
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-        {
-            socket.track(user, Map::new());
-        }
-        Ok(json!({}))
-    }
-
-    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
-        match event {
-            "shout" => {
-                socket.broadcast("shout", payload.clone());
-                HandleIn::NoReply
-            }
-            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
-            "crash" => HandleIn::Crash {
-                reason: "crash requested by the client".into(),
-            },
-            _ => HandleIn::NoReply,
-        }
-    }
-}
 
 /// The join_ref a join carries.
 #[derive(Clone, Copy, Debug)]
@@ -288,7 +255,7 @@ fn pushes_to(out: &[Outbound], client: u64) -> Vec<&str> {
 impl Driver {
     fn new() -> Driver {
         Driver {
-            rt: Runtime::new_single_node(Router::new().route("room:*", Room), Config::default()),
+            rt: Runtime::new_single_node(spool_core::channel::demo::router(), Config::default()),
             model: Model::default(),
             next_ref: 0,
             used: BTreeMap::new(),

@@ -1,14 +1,10 @@
-//! The demo application of `spool serve`: a channel `room:*` and a chat page that uses it.
-//!
-//! Any join succeeds and tracks a presence under the `user` join parameter (with a `name`
-//! meta if given); `shout` is broadcast to the topic; `ping` replies `{"pong": payload}`;
-//! `crash` crashes the channel (the client gets `phx_error` and rejoins).
+//! The demo of `spool serve`: the `room:*` channel (`spool_core::channel::demo`) served over
+//! WebSockets, with a chat page that uses it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
-use spool_core::channel::{self, ChannelHandler, HandleIn, Payload, Router, Runtime, Socket};
+use spool_core::channel::{self, Runtime};
 use spool_std::channels::{ChannelSocket, Hub};
 
 use crate::{HttpResponse, Server, ServerHandle, StartError};
@@ -16,58 +12,7 @@ use crate::{HttpResponse, Server, ServerHandle, StartError};
 /// The page served at `/`.
 const CHAT_PAGE: &str = include_str!("chat.html");
 
-/// The application's name in channel logs, for `spool replay`.
-pub const APP: &str = "demo";
-
-/// The `room:*` channel.
-pub struct Room;
-
-impl ChannelHandler for Room {
-    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
-        if let Some(user) = params
-            .get("user")
-            .and_then(Value::as_str)
-            .filter(|u| !u.is_empty())
-        {
-            let mut meta = Map::new();
-            if let Some(name) = params.get("name").filter(|n| n.is_string()) {
-                meta.insert("name".into(), name.clone());
-            }
-            socket.track(user, meta);
-        }
-        Ok(json!({}))
-    }
-
-    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
-        match event {
-            "shout" => {
-                socket.broadcast("shout", payload.clone());
-                HandleIn::NoReply
-            }
-            "ping" => {
-                let pong = match payload {
-                    Payload::Json(v) => v.clone(),
-                    Payload::Binary(_) => Value::Null,
-                };
-                HandleIn::ok(json!({ "pong": pong }))
-            }
-            "crash" => HandleIn::Crash {
-                reason: "crash requested by the client".into(),
-            },
-            _ => HandleIn::NoReply,
-        }
-    }
-}
-
-/// The demo's router: `room:*` to [`Room`].
-pub fn router() -> Router {
-    Router::new().route("room:*", Room)
-}
-
-/// The routers `spool replay` can rebuild, by application name.
-pub fn router_for(app: &str) -> Option<Router> {
-    (app == APP).then(router)
-}
+pub use spool_core::channel::demo::{APP, Room, router, router_for};
 
 /// How to run the demo server.
 #[derive(Clone, Debug)]

@@ -10,6 +10,7 @@
 //! What it leaves out: the WebSocket (the `ws` module), sockets and threads (the shells).
 
 mod config;
+pub mod demo;
 mod event;
 mod outbox;
 pub mod protocol;
