@@ -63,7 +63,7 @@ struct EchoArgs {
     /// Turn permessage-deflate off.
     #[arg(long)]
     no_deflate: bool,
-    /// Write each connection's event log to DIR/<n>.jsonl.
+    /// Write each connection's event log to DIR/N.jsonl, N counting connections.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
 }

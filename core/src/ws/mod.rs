@@ -37,7 +37,7 @@ pub use mask::apply_mask;
 pub use text::Text;
 pub use transmit::Transmit;
 pub use url::{Url, UrlError};
-pub use utf8::Utf8Validator;
+pub use utf8::{InvalidUtf8, Utf8Validator};
 
 #[cfg(test)]
 mod tests;
