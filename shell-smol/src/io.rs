@@ -11,7 +11,7 @@ use std::net::{Shutdown, TcpStream};
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -193,30 +193,7 @@ pub(crate) async fn hang_up<S: Socket>(stream: &mut S, outgoing: &mut Outgoing) 
     outgoing.clear();
 }
 
-/// The shell's clock: milliseconds since it was made, from a monotonic source.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Clock {
-    start: Instant,
-}
-
-impl Clock {
-    pub(crate) fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-        }
-    }
-
-    pub(crate) fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// The instant of a core deadline.
-    pub(crate) fn instant(&self, ms: u64) -> Instant {
-        self.start
-            .checked_add(Duration::from_millis(ms))
-            .unwrap_or_else(|| self.start + Duration::from_secs(365 * 24 * 3600))
-    }
-}
+pub(crate) use spool_std::clock::Clock;
 
 /// One timer per connection, re-armed only when the core's next deadline changes.
 pub(crate) struct Deadline {

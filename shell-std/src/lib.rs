@@ -13,7 +13,7 @@
 
 pub mod channels;
 mod client;
-mod clock;
+pub mod clock;
 pub mod handler;
 mod random;
 mod record;
