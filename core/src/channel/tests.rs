@@ -4,39 +4,25 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The demo channel of `spool serve`, rebuilt here so the core's tests need no shell.
+/// The demo channel of `spool serve`, plus two things the tests need: a refused join
+/// (`token: "bad"`) and a graceful stop (`bye`).
 struct Room;
 
 impl ChannelHandler for Room {
-    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+    fn join(&self, topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
         if params.get("token").and_then(Value::as_str) == Some("bad") {
             return Err(json!({"reason": "unauthorized"}));
         }
-        if let Some(user) = params.get("user").and_then(Value::as_str) {
-            let mut meta = serde_json::Map::new();
-            if let Some(name) = params.get("name") {
-                meta.insert("name".into(), name.clone());
-            }
-            socket.track(user, meta);
-        }
-        Ok(json!({}))
+        demo::Room.join(topic, params, socket)
     }
 
     fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
         match event {
-            "shout" => {
-                socket.broadcast("shout", payload.clone());
-                HandleIn::NoReply
-            }
-            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
-            "crash" => HandleIn::Crash {
-                reason: "asked to".into(),
-            },
             "bye" => HandleIn::Stop {
                 reason: "bye".into(),
                 reply: Some(("ok".into(), Payload::empty())),
             },
-            _ => HandleIn::NoReply,
+            _ => demo::Room.handle_in(event, payload, socket),
         }
     }
 }
