@@ -4,9 +4,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_lite::io::{AsyncRead, AsyncWrite};
@@ -20,19 +19,7 @@ use spool_std::handler::ClientError;
 
 use crate::io::{Clock, Deadline, Outgoing, Recorder, Socket, hang_up, poll_read, random_bytes};
 
-/// How a [`Client`] connects.
-#[derive(Clone, Debug, Default)]
-pub struct ClientOptions {
-    /// The WebSocket configuration (subprotocols offered, compression, limits, timeouts).
-    pub config: ws::Config,
-    /// Extra request headers (`Origin`, `Authorization`, cookies).
-    pub headers: Vec<(String, String)>,
-    /// A PEM file of certificates to trust besides the Mozilla roots, for `wss://`.
-    pub ca_file: Option<PathBuf>,
-    /// Records the connection's event log: to this file, or to `<n>.jsonl` inside it when it is
-    /// an existing directory.
-    pub record: Option<PathBuf>,
-}
+pub use spool_std::ClientOptions;
 
 /// An open WebSocket client connection.
 ///
@@ -76,6 +63,7 @@ impl Client {
     /// connect, TLS set-up or handshake.
     pub async fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let url = Url::parse(url).map_err(ClientError::Url)?;
+        let record_file = options.record_file();
         let request = ClientRequest {
             url: url.clone(),
             key: random_bytes(),
@@ -84,13 +72,13 @@ impl Client {
         };
         let ws = Connection::client(options.config.clone(), request.clone())
             .map_err(ClientError::Config)?;
-        let recorder = match &options.record {
+        let recorder = match record_file {
             Some(path) => {
                 let setup = Setup::Client {
                     config: options.config,
                     request,
                 };
-                Some(Recorder::create(&record_path(path), setup)?)
+                Some(Recorder::create(&path, setup)?)
             }
             None => None,
         };
@@ -383,19 +371,6 @@ async fn connect_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
         }
     }
     Err(last)
-}
-
-/// The record file: `path`, or a numbered file inside it when it is a directory.
-fn record_path(path: &Path) -> PathBuf {
-    static RECORDED: AtomicU64 = AtomicU64::new(0);
-    if path.is_dir() {
-        path.join(format!(
-            "{}.jsonl",
-            RECORDED.fetch_add(1, Ordering::Relaxed)
-        ))
-    } else {
-        path.to_path_buf()
-    }
 }
 
 impl Socket for Transport {

@@ -37,8 +37,23 @@ pub struct ClientOptions {
     /// A PEM file of certificates to trust for `wss://` besides the Mozilla roots: a test CA, a
     /// company root.
     pub ca_file: Option<PathBuf>,
-    /// Records the connection's event log into this file, for `spool_core::replay`.
+    /// Records the connection's event log: to this file, or to `<n>.jsonl` inside it when it is
+    /// an existing directory (`n` counting this process's recorded clients).
     pub record: Option<PathBuf>,
+}
+
+impl ClientOptions {
+    /// The file the event log goes to, if recording: see [`ClientOptions::record`].
+    pub fn record_file(&self) -> Option<PathBuf> {
+        static RECORDED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = self.record.as_ref()?;
+        Some(if path.is_dir() {
+            let n = RECORDED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            path.join(format!("{n}.jsonl"))
+        } else {
+            path.clone()
+        })
+    }
 }
 
 /// A WebSocket client connection.
@@ -111,6 +126,7 @@ impl Client {
     /// handshake fails, with the core's reason.
     pub fn connect_with(url: &str, options: ClientOptions) -> Result<Client, ClientError> {
         let url = Url::parse(url).map_err(ClientError::Url)?;
+        let record_file = options.record_file();
         let (mut key, mut seed) = ([0u8; 16], [0u8; 8]);
         random::fill(&mut key);
         random::fill(&mut seed);
@@ -141,9 +157,9 @@ impl Client {
             }
             None => Transport::plain(Arc::new(tcp)),
         };
-        let recorder = match &options.record {
+        let recorder = match record_file {
             Some(path) => Some(Recorder::create(
-                path,
+                &path,
                 Setup::Client {
                     config: options.config,
                     request,
