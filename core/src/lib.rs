@@ -52,4 +52,5 @@ mod hash;
 pub mod presence;
 pub mod rand;
 pub mod replay;
+pub mod session;
 pub mod ws;

@@ -19,6 +19,10 @@ pub enum Setup {
     Server {
         /// The configuration.
         config: ws::Config,
+        /// The session policy the shell ran it with (close codes, linger). Logs written before
+        /// it was recorded read as the defaults.
+        #[serde(default)]
+        session: crate::session::Config,
     },
     /// [`ws::Connection::client`].
     Client {
@@ -36,7 +40,7 @@ impl Setup {
     /// [`ws::ConfigError`] when the logged configuration is invalid.
     pub fn connection(&self) -> Result<ws::Connection, ws::ConfigError> {
         match self {
-            Setup::Server { config } => ws::Connection::server(config.clone()),
+            Setup::Server { config, .. } => ws::Connection::server(config.clone()),
             Setup::Client { config, request } => {
                 ws::Connection::client(config.clone(), request.clone())
             }

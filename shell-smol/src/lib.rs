@@ -24,8 +24,8 @@ pub use client::{Client, ClientOptions};
 pub use server::{Server, ServerHandle};
 pub use spool_core::ws;
 pub use spool_std::handler::{
-    Action, ClientError, Conn, Gone, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next,
-    Rejection, StartError,
+    Action, ClientError, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, MailboxSink,
+    Next, Rejection, StartError,
 };
 pub use spool_std::tls;
 

@@ -28,7 +28,8 @@ use smol::{Async, LocalExecutor, Timer};
 use spool_core::replay::Setup;
 use spool_core::ws::{self, Connection, Event, Outbound, Request};
 use spool_std::handler::{
-    Action, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next, StartError,
+    Action, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, MailboxSink, Next,
+    StartError,
 };
 
 use crate::io::{Clock, Deadline, Outgoing, Recorder, Socket, hang_up, poll_read};
@@ -571,6 +572,7 @@ impl<H: Handler> Session<H> {
             let path = dir.join(format!("{n}.jsonl"));
             let setup = Setup::Server {
                 config: shared.config.clone(),
+                session: spool_core::session::Config::default(),
             };
             Recorder::create(&path, setup)
                 .map_err(|e| eprintln!("spool: not recording to {}: {e}", path.display()))
@@ -732,7 +734,14 @@ impl<H: Handler> Drop for Session<H> {
 struct ChannelSink<U>(Sender<U>);
 
 impl<U: Send> MailboxSink<U> for ChannelSink<U> {
-    fn deliver(&self, message: U) -> Result<(), U> {
-        self.0.try_send(message).map_err(|e| e.into_inner())
+    fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
+        self.0.try_send(message).map_err(|e| match e {
+            smol::channel::TrySendError::Full(m) => MailboxError::Full(m),
+            smol::channel::TrySendError::Closed(m) => MailboxError::Gone(m),
+        })
+    }
+
+    fn close(&self) {
+        self.0.close();
     }
 }

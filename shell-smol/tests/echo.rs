@@ -179,7 +179,10 @@ fn a_mailbox_message_arrives_as_user() {
     echo.wait_closes(1);
     // The connection is gone: the message comes back.
     let mailbox = echo.mailboxes.lock().unwrap()[0].clone();
-    assert_eq!(mailbox.send("late".to_string()).unwrap_err().0, "late");
+    assert_eq!(
+        mailbox.send("late".to_string()).unwrap_err(),
+        spool_smol::MailboxError::Gone("late".to_string())
+    );
     server.shutdown();
 }
 

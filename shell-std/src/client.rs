@@ -70,7 +70,7 @@ impl ClientOptions {
 /// #         Next::Continue
 /// #     }
 /// # }
-/// # let server = Server::new(Echo).pool_size(1).start().unwrap();
+/// # let server = Server::new(Echo).threads(2).start().unwrap();
 /// # let url = format!("ws://{}/", server.local_addr());
 /// use spool_core::ws::{Config, Message};
 /// use spool_std::Client;

@@ -109,13 +109,23 @@ pub trait Handler: Send + Sync + 'static {
     }
 }
 
-/// What a shell does with a user message: queue it and wake the connection.
+/// What a shell does with a user message: queue it (within a bound) and wake the connection.
 pub trait MailboxSink<U>: Send + Sync {
-    /// Delivers `message`; returns it back when the connection is gone.
-    fn deliver(&self, message: U) -> Result<(), U>;
+    /// Delivers `message`, or gives it back with why it could not be.
+    ///
+    /// # Errors
+    /// [`MailboxError::Full`] when the connection's mailbox holds as many messages as it may,
+    /// [`MailboxError::Gone`] when the connection has ended.
+    fn deliver(&self, message: U) -> Result<(), MailboxError<U>>;
+
+    /// Refuses every later message: the connection has ended.
+    fn close(&self);
 }
 
 /// A handle for sending user messages into one connection, from any thread. Cheap to clone.
+///
+/// Each mailbox is bounded (the server's `mailbox_capacity`, default 1,024 messages): a sender
+/// that outruns its connection is told [`MailboxError::Full`] rather than growing memory.
 pub struct Mailbox<U> {
     sink: Arc<dyn MailboxSink<U>>,
 }
@@ -143,23 +153,45 @@ impl<U> Mailbox<U> {
     /// Sends `message` into the connection; it arrives in `handle` as [`Incoming::User`].
     ///
     /// # Errors
-    /// [`Gone`] with the message when the connection has ended.
-    pub fn send(&self, message: U) -> Result<(), Gone<U>> {
-        self.sink.deliver(message).map_err(Gone)
+    /// [`MailboxError`] with the message when the mailbox is full or the connection has ended.
+    pub fn send(&self, message: U) -> Result<(), MailboxError<U>> {
+        self.sink.deliver(message)
+    }
+
+    /// Refuses every later message. Shells call it when the connection ends.
+    pub fn close(&self) {
+        self.sink.close();
     }
 }
 
-/// The connection a [`Mailbox`] points at has ended; the message comes back.
+/// Why a message could not be put in a [`Mailbox`]; the message comes back.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Gone<U>(pub U);
+pub enum MailboxError<U> {
+    /// The mailbox holds as many messages as it may: the connection is not keeping up.
+    Full(U),
+    /// The connection has ended.
+    Gone(U),
+}
 
-impl<U> fmt::Display for Gone<U> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("connection is gone")
+impl<U> MailboxError<U> {
+    /// The message that was not delivered.
+    pub fn into_inner(self) -> U {
+        match self {
+            MailboxError::Full(m) | MailboxError::Gone(m) => m,
+        }
     }
 }
 
-impl<U: fmt::Debug> std::error::Error for Gone<U> {}
+impl<U> fmt::Display for MailboxError<U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MailboxError::Full(_) => "mailbox full: the connection is not keeping up",
+            MailboxError::Gone(_) => "connection is gone",
+        })
+    }
+}
+
+impl<U: fmt::Debug> std::error::Error for MailboxError<U> {}
 
 /// An action a handler asked for, carried out by the shell after the callback returns.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,8 +4,9 @@
 //! arrives into events for the core and carries out what the core returns. It holds no
 //! protocol logic: it never reads a frame or a header, never picks a close code or a timeout.
 //!
-//! - [`Server`]: an acceptor pool and two threads per connection (a reader, and a driver that
-//!   runs the [`Handler`]).
+//! - [`Server`]: WebSocket connections on a fixed set of event-loop threads (one per core)
+//!   over a readiness poller; [`TcpServer`] is the same server for any protocol over TCP or
+//!   TLS ([`tcp::Handler`]), and the WebSocket server is one such handler ([`WsProtocol`]).
 //! - [`Client`]: a blocking client that does its I/O on the caller's thread.
 //!
 //! Both can record every event given to the core as an event log (`spool_core::replay`).
@@ -14,17 +15,22 @@
 pub mod channels;
 mod client;
 pub mod clock;
+mod event_loop;
 pub mod handler;
+pub mod outgoing;
 mod random;
 mod record;
 mod server;
-mod session;
+pub mod tcp;
 pub mod tls;
 mod transport;
+mod ws_session;
 
 pub use client::{Client, ClientOptions};
+pub use event_loop::{ServerLimits, TcpServer, TcpServerHandle, default_max_connections};
 pub use handler::{
-    Action, ClientError, Conn, Gone, Handler, HttpResponse, Incoming, Mailbox, MailboxSink, Next,
-    Rejection, StartError,
+    Action, ClientError, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, MailboxSink,
+    Next, Rejection, StartError,
 };
 pub use server::{Server, ServerHandle};
+pub use ws_session::{WsProtocol, WsSession};

@@ -37,6 +37,13 @@ impl Recorder {
         self.line(&Line::Event(event.clone()));
     }
 
+    /// Writes out what is buffered, so the log is whole up to here.
+    pub(crate) fn flush(&mut self) {
+        if !self.broken && self.out.flush().is_err() {
+            self.broken = true;
+        }
+    }
+
     fn line(&mut self, line: &Line) {
         if self.broken {
             return;

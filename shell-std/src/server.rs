@@ -1,72 +1,81 @@
-//! The server, shaped after glisten: a listener, a pool of acceptor threads blocking in
-//! `accept()` on it, and one connection driven per accepted socket (see [`crate::session`]).
-//!
-//! This file owns the threads' lives: start-up with typed errors, a registry of live
-//! connections, and shutdown that stops accepting, closes every connection (each gets its
-//! `on_close`) and joins them.
+//! The WebSocket server: the raw server ([`TcpServer`]) running the WebSocket session machine
+//! ([`WsProtocol`]) for a [`Handler`]. This file is only the builder; the event loops are in
+//! [`crate::event_loop`], the session in [`crate::ws_session`].
 
-use std::collections::HashMap;
-use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use spool_core::ws;
+use spool_core::{session, ws};
 
-use crate::clock::Clock;
+use crate::event_loop::{ServerLimits, TcpServer, TcpServerHandle};
 use crate::handler::{Handler, StartError};
-use crate::session::{self, Input};
-use crate::tls;
+use crate::ws_session::WsProtocol;
+
+/// A running server; see [`TcpServerHandle`].
+pub type ServerHandle = TcpServerHandle;
 
 /// A WebSocket server to configure and [`start`](Server::start).
 ///
+/// Handlers run on the server's event-loop threads (one per core): they must not block. To do
+/// blocking work, hand it to a thread of your own with the connection's
+/// [`Mailbox`](crate::Mailbox) and send the result back through it:
+///
 /// ```
 /// use spool_std::{Conn, Handler, Incoming, Next, Server};
+/// use spool_core::ws::Message;
 ///
-/// struct Echo;
-/// impl Handler for Echo {
+/// struct Slow;
+/// impl Handler for Slow {
 ///     type State = ();
-///     type User = ();
-///     fn on_init(&self, _conn: &mut Conn<()>) {}
-///     fn handle(&self, _: &mut (), incoming: Incoming<()>, conn: &mut Conn<()>) -> Next {
-///         if let Incoming::Message(m) = incoming {
-///             if !m.is_control() {
-///                 conn.send(m);
+///     type User = String; // results coming back from worker threads
+///     fn on_init(&self, _conn: &mut Conn<String>) {}
+///     fn handle(&self, _: &mut (), incoming: Incoming<String>, conn: &mut Conn<String>) -> Next {
+///         match incoming {
+///             Incoming::Message(Message::Text(query)) => {
+///                 let mailbox = conn.mailbox();
+///                 let query = query.to_string();
+///                 std::thread::spawn(move || {
+///                     let answer = query.to_uppercase(); // stands for a database call
+///                     let _ = mailbox.send(answer);
+///                 });
 ///             }
+///             Incoming::User(answer) => conn.send(Message::text(answer)),
+///             Incoming::Message(_) => {}
 ///         }
 ///         Next::Continue
 ///     }
 /// }
 ///
-/// let server = Server::new(Echo).bind("127.0.0.1:0").pool_size(2).start().unwrap();
+/// let server = Server::new(Slow).bind("127.0.0.1:0").start().unwrap();
 /// println!("listening on {}", server.local_addr());
 /// server.shutdown();
 /// ```
 pub struct Server<H: Handler> {
     handler: H,
     addr: String,
-    pool_size: usize,
+    threads: Option<usize>,
     tls: Option<(PathBuf, PathBuf)>,
     config: ws::Config,
+    session: session::Config,
     record: Option<PathBuf>,
+    limits: ServerLimits,
 }
 
 impl<H: Handler> Server<H> {
-    /// A server for `handler`: bound to 127.0.0.1 on a port the OS picks, 10 acceptors, the
-    /// default WebSocket configuration, no TLS, no recording.
+    /// A server for `handler`: bound to 127.0.0.1 on a port the OS picks, one event loop per
+    /// core, the default WebSocket configuration, session policy and limits, no TLS, no
+    /// recording.
     #[must_use = "a builder does nothing until start()"]
     pub fn new(handler: H) -> Self {
         Server {
             handler,
             addr: "127.0.0.1:0".to_string(),
-            pool_size: 10,
+            threads: None,
             tls: None,
             config: ws::Config::default(),
+            session: session::Config::default(),
             record: None,
+            limits: ServerLimits::default(),
         }
     }
 
@@ -77,12 +86,10 @@ impl<H: Handler> Server<H> {
         self
     }
 
-    /// How many threads block in `accept()` at once. Default 10, as in glisten: enough that a
-    /// burst of connections is not serialised behind one thread setting up the previous one.
-    /// Zero counts as one.
+    /// How many event-loop threads run the connections. Default: the number of cores.
     #[must_use = "a builder does nothing until start()"]
-    pub fn pool_size(mut self, acceptors: usize) -> Self {
-        self.pool_size = acceptors;
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
         self
     }
 
@@ -100,6 +107,42 @@ impl<H: Handler> Server<H> {
         self
     }
 
+    /// The session policy: close codes for each way a connection ends, the linger.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn session(mut self, session: session::Config) -> Self {
+        self.session = session;
+        self
+    }
+
+    /// The server's bounds: connections, unsent bytes per connection, mailbox size, shutdown
+    /// grace.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Connections held at once; past it a new one is answered 503 and closed.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.limits.max_connections = n;
+        self
+    }
+
+    /// Bytes that may wait to be written to one connection before it is closed with 1008.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn max_unsent_bytes(mut self, n: usize) -> Self {
+        self.limits.max_unsent_bytes = n;
+        self
+    }
+
+    /// How long shutdown waits for connections to close by themselves.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.limits.shutdown_grace = grace;
+        self
+    }
+
     /// Records every connection's event log into `dir` as `<n>.jsonl`, `n` counting accepted
     /// connections from 0, for replay with `spool_core::replay`.
     #[must_use = "a builder does nothing until start()"]
@@ -108,274 +151,27 @@ impl<H: Handler> Server<H> {
         self
     }
 
-    /// Binds, starts the acceptors and returns once every one of them is ready to accept.
+    /// Binds, starts the event loops and returns once they run.
     ///
     /// # Errors
     /// [`StartError::Config`] for an invalid configuration, [`StartError::Tls`] for unusable
     /// certificate or key files, [`StartError::SystemError`] when binding, creating the record
-    /// directory or spawning a thread fails, [`StartError::AcceptorTimeout`] or
-    /// [`StartError::AcceptorFailed`] when the acceptors do not come up.
+    /// directory or spawning a thread fails.
     pub fn start(self) -> Result<ServerHandle, StartError> {
-        self.config.validate().map_err(StartError::Config)?;
-        let tls = match &self.tls {
-            Some((cert, key)) => Some(tls::server_config(cert, key).map_err(StartError::Tls)?),
-            None => None,
-        };
-        if let Some(dir) = &self.record {
-            std::fs::create_dir_all(dir)?;
+        let protocol = WsProtocol::new(
+            self.handler,
+            self.config,
+            self.session,
+            self.limits.max_unsent_bytes,
+            self.record,
+        )?;
+        let mut server = TcpServer::new(protocol).bind(self.addr).limits(self.limits);
+        if let Some(n) = self.threads {
+            server = server.threads(n);
         }
-        let listener = Arc::new(TcpListener::bind(self.addr.as_str())?);
-        let local_addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            stopping: AtomicBool::new(false),
-            live: Mutex::new(HashMap::new()),
-            drained: Condvar::new(),
-            // The close handshake's own bound, the drain after it, and a second to spare.
-            grace: Duration::from_millis(self.config.close_timeout_ms)
-                + session::LINGER
-                + Duration::from_secs(1),
-        });
-        let ctx = Arc::new(Context {
-            handler: self.handler,
-            config: self.config,
-            tls,
-            record: self.record,
-            clock: Clock::new(),
-            next_id: AtomicU64::new(0),
-            shared: shared.clone(),
-        });
-
-        let (ready_tx, ready_rx) = mpsc::channel::<()>();
-        let mut acceptors = Vec::new();
-        for i in 0..self.pool_size.max(1) {
-            let (ctx, listener, ready) = (ctx.clone(), listener.clone(), ready_tx.clone());
-            let spawned = thread::Builder::new()
-                .name(format!("spool-accept-{i}"))
-                .spawn(move || {
-                    let _ = ready.send(());
-                    drop(ready);
-                    accept_loop(&ctx, &listener);
-                });
-            match spawned {
-                Ok(acceptor) => acceptors.push(acceptor),
-                Err(e) => {
-                    stop_acceptors(&shared, local_addr, acceptors);
-                    return Err(StartError::SystemError(e));
-                }
-            }
+        if let Some((cert, key)) = self.tls {
+            server = server.tls(cert, key);
         }
-        drop(ready_tx);
-        let deadline = Instant::now() + ACCEPTOR_READY_TIMEOUT;
-        for _ in 0..acceptors.len() {
-            let failure =
-                match ready_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(()) => continue,
-                    Err(RecvTimeoutError::Timeout) => StartError::AcceptorTimeout,
-                    Err(RecvTimeoutError::Disconnected) => StartError::AcceptorFailed(
-                        "an acceptor thread ended before it was ready".to_string(),
-                    ),
-                };
-            stop_acceptors(&shared, local_addr, acceptors);
-            return Err(failure);
-        }
-        Ok(ServerHandle {
-            local_addr,
-            shared,
-            acceptors,
-        })
+        server.start()
     }
 }
-
-/// A running server. Dropping it leaves the server running; [`shutdown`](ServerHandle::shutdown)
-/// stops it.
-pub struct ServerHandle {
-    local_addr: SocketAddr,
-    shared: Arc<Shared>,
-    acceptors: Vec<JoinHandle<()>>,
-}
-
-impl ServerHandle {
-    /// The address the server listens on (with the port the OS picked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Stops accepting, starts the close handshake on every live connection (code 1001, going
-    /// away; one still in its opening handshake is dropped), and returns once every connection
-    /// has ended and run its `on_close`. A peer that never answers the close is waited for as
-    /// long as the configuration's `close_timeout_ms`; sockets still open a few seconds after
-    /// that (a peer that stopped reading) are closed from here.
-    pub fn shutdown(self) {
-        stop_acceptors(&self.shared, self.local_addr, self.acceptors);
-        // The acceptors are joined: no connection registers after this point.
-        let live = lock(&self.shared.live);
-        for connection in live.values() {
-            (connection.close)();
-        }
-        let drained = &self.shared.drained;
-        let (live, waited) = drained
-            .wait_timeout_while(live, self.shared.grace, |live| !live.is_empty())
-            .unwrap_or_else(PoisonError::into_inner);
-        if waited.timed_out() {
-            // A driver blocked in a write to a peer that reads nothing sees no timer and no
-            // shutdown request; closing the socket fails its write, and it ends with on_close.
-            for connection in live.values() {
-                let _ = connection.socket.shutdown(Shutdown::Both);
-            }
-        }
-        let _drained = drained
-            .wait_while(live, |live| !live.is_empty())
-            .unwrap_or_else(PoisonError::into_inner);
-    }
-
-    /// Blocks until the server stops, which for a server nobody shuts down is never: the
-    /// thread serving `main` parks here.
-    pub fn wait(self) {
-        for acceptor in self.acceptors {
-            let _ = acceptor.join();
-        }
-    }
-}
-
-/// What every thread of one server shares. Generic over the handler, unlike [`Shared`], which
-/// the (non-generic) handle keeps.
-pub(crate) struct Context<H: Handler> {
-    pub(crate) handler: H,
-    pub(crate) config: ws::Config,
-    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
-    pub(crate) record: Option<PathBuf>,
-    /// Every connection's `now_ms` counts from the server's start.
-    pub(crate) clock: Clock,
-    next_id: AtomicU64,
-    shared: Arc<Shared>,
-}
-
-/// The stop flag and the registry of live connections.
-struct Shared {
-    stopping: AtomicBool,
-    /// Each live connection, by id.
-    live: Mutex<HashMap<u64, Live>>,
-    /// Signalled when `live` becomes empty.
-    drained: Condvar,
-    /// How long shutdown lets connections close by themselves before closing their sockets.
-    grace: Duration,
-}
-
-/// A live connection as shutdown sees it.
-struct Live {
-    /// Asks the connection's driver to start the close handshake.
-    close: Box<dyn Fn() + Send>,
-    /// The socket, to close from outside when the driver is stuck writing to a peer that
-    /// stopped reading.
-    socket: Arc<TcpStream>,
-}
-
-/// A connection's place in the registry; dropping it (however the connection thread ends)
-/// removes it.
-pub(crate) struct Registration {
-    shared: Arc<Shared>,
-    id: u64,
-}
-
-impl Registration {
-    /// The connection's number: its event log's name.
-    pub(crate) fn id(&self) -> u64 {
-        self.id
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut live = lock(&self.shared.live);
-        live.remove(&self.id);
-        if live.is_empty() {
-            self.shared.drained.notify_all();
-        }
-    }
-}
-
-/// One acceptor: accept, hand the socket to a new connection thread, repeat until stopped.
-fn accept_loop<H: Handler>(ctx: &Arc<Context<H>>, listener: &TcpListener) {
-    loop {
-        let accepted = listener.accept();
-        if ctx.shared.stopping.load(Ordering::Acquire) {
-            return;
-        }
-        match accepted {
-            Ok((tcp, peer)) => open(ctx, tcp, peer),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionAborted
-                        | io::ErrorKind::ConnectionReset
-                        | io::ErrorKind::Interrupted
-                ) => {}
-            // Out of descriptors or memory: accepting again at once would fail again at once.
-            Err(_) => thread::sleep(ACCEPT_ERROR_PAUSE),
-        }
-    }
-}
-
-/// Registers an accepted socket and starts its connection thread.
-fn open<H: Handler>(ctx: &Arc<Context<H>>, tcp: TcpStream, peer: SocketAddr) {
-    // Frames are written whole, in one vectored write: Nagle would only delay them.
-    let _ = tcp.set_nodelay(true);
-    let id = ctx.next_id.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel::<Input<H::User>>();
-    let tcp = Arc::new(tcp);
-    let stop = tx.clone();
-    let entry = Live {
-        close: Box::new(move || {
-            let _ = stop.send(Input::Shutdown);
-        }),
-        socket: tcp.clone(),
-    };
-    lock(&ctx.shared.live).insert(id, entry);
-    let registration = Registration {
-        shared: ctx.shared.clone(),
-        id,
-    };
-    let ctx = ctx.clone();
-    // If the thread cannot be spawned, the closure is dropped with the socket (the peer sees
-    // the connection close) and the registration (the registry forgets it).
-    let _ = thread::Builder::new()
-        .name(format!("spool-conn-{id}"))
-        .spawn(move || session::serve(ctx, registration, tcp, peer, tx, rx));
-}
-
-/// Sets the stop flag, wakes every acceptor with a connection of its own and joins them.
-fn stop_acceptors(shared: &Shared, local_addr: SocketAddr, acceptors: Vec<JoinHandle<()>>) {
-    shared.stopping.store(true, Ordering::Release);
-    // std has no way to interrupt accept(): each acceptor returns from it on a connection,
-    // sees the flag and exits. Other connections arriving now only wake them sooner.
-    let wake = match local_addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), local_addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), local_addr.port())
-        }
-        _ => local_addr,
-    };
-    for _ in &acceptors {
-        let _ = TcpStream::connect_timeout(&wake, WAKE_TIMEOUT);
-    }
-    for acceptor in acceptors {
-        let _ = acceptor.join();
-    }
-}
-
-/// Locks a mutex whose data stays consistent across a panic (a map insert or remove).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// How long `start` waits for the acceptors to report ready: thread creation takes
-/// microseconds, so this only fires on a machine in trouble.
-const ACCEPTOR_READY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long an acceptor rests after an error such as running out of file descriptors.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
-
-/// How long shutdown's wake-up connection may take to a local listener.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(1);

@@ -37,7 +37,7 @@ pub(crate) enum Read {
     Eof,
 }
 
-/// One half of a connection's socket; [`Transport::other_half`] makes the other.
+/// A connection's socket, for the blocking client.
 pub(crate) struct Transport {
     /// Shared by both halves (and the server's registry), so a connection holds one file
     /// descriptor however many threads touch it; it closes when the last holder lets go.
@@ -67,16 +67,6 @@ impl Transport {
         Transport {
             tcp,
             tls,
-            eof_pending: false,
-            read_timeout: None,
-        }
-    }
-
-    /// The other half: same socket, same TLS state.
-    pub(crate) fn other_half(&self) -> Transport {
-        Transport {
-            tcp: self.tcp.clone(),
-            tls: self.tls.clone(),
             eof_pending: false,
             read_timeout: None,
         }

@@ -1,11 +1,13 @@
 //! The std shell end to end on loopback: an echo server and the blocking client.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
+
+use common::temp_dir;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use spool_core::replay::{Line, Setup, replay_ws};
 use spool_core::ws::{CloseInfo, Config, Initiator, Message, Outbound, Request};
@@ -95,17 +97,6 @@ fn round_trip(client: &mut Client, message: Message) {
     assert_eq!(client.recv().unwrap(), message);
 }
 
-/// A fresh directory under the system's temp dir.
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let dir = std::env::temp_dir().join(format!("spool-std-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn text_binary_and_a_large_message_round_trip_with_and_without_compression() {
     let plain = Config {
@@ -114,7 +105,7 @@ fn text_binary_and_a_large_message_round_trip_with_and_without_compression() {
     };
     for config in [Config::default(), plain] {
         let server = Server::new(Echo::default())
-            .pool_size(2)
+            .threads(2)
             .config(config.clone())
             .start()
             .unwrap();
@@ -153,7 +144,7 @@ fn subprotocol_is_negotiated_and_stop_closes_with_1000() {
         ..Config::default()
     };
     let server = Server::new(Echo::default())
-        .pool_size(1)
+        .threads(2)
         .config(server_config)
         .start()
         .unwrap();
@@ -184,7 +175,7 @@ fn timers_fire_on_both_sides() {
         ..Config::default()
     };
     let server = Server::new(Echo::default())
-        .pool_size(1)
+        .threads(2)
         .config(server_config)
         .start()
         .unwrap();
@@ -219,7 +210,7 @@ fn timers_fire_on_both_sides() {
 
 #[test]
 fn a_rejected_upgrade_fails_the_handshake() {
-    let server = Server::new(Echo::default()).pool_size(1).start().unwrap();
+    let server = Server::new(Echo::default()).threads(2).start().unwrap();
     let url = format!("ws://{}/forbidden", server.local_addr());
     match Client::connect(&url, Config::default()) {
         Err(ClientError::Handshake(reason)) => assert!(!reason.is_empty()),
@@ -233,7 +224,7 @@ fn a_rejected_upgrade_fails_the_handshake() {
 fn on_close_runs_once_when_the_client_drops_the_tcp_connection() {
     let (echo, closed) = Echo::reporting_closes();
     let (inits, closes) = (echo.inits.clone(), echo.closes.clone());
-    let server = Server::new(echo).pool_size(1).start().unwrap();
+    let server = Server::new(echo).threads(2).start().unwrap();
     let mut client =
         Client::connect(&format!("ws://{}/", server.local_addr()), Config::default()).unwrap();
     round_trip(&mut client, Message::text("hi"));
@@ -254,7 +245,7 @@ fn on_close_runs_once_when_the_client_drops_the_tcp_connection() {
 fn shutdown_closes_live_connections_with_1001() {
     let (echo, closed) = Echo::reporting_closes();
     let closes = echo.closes.clone();
-    let server = Server::new(echo).pool_size(3).start().unwrap();
+    let server = Server::new(echo).threads(2).start().unwrap();
     let url = format!("ws://{}/", server.local_addr());
     let mut clients: Vec<Client> = (0..3)
         .map(|_| Client::connect(&url, Config::default()).unwrap())
@@ -292,7 +283,7 @@ fn shutdown_does_not_hang_on_a_peer_that_stopped_reading() {
         ..Config::default()
     };
     let server = Server::new(echo)
-        .pool_size(1)
+        .threads(2)
         .config(config.clone())
         .start()
         .unwrap();
@@ -320,7 +311,7 @@ fn a_mailbox_message_reaches_handle_as_user() {
         mailboxes: Mutex::new(Some(tx)),
         ..Echo::default()
     };
-    let server = Server::new(echo).pool_size(1).start().unwrap();
+    let server = Server::new(echo).threads(2).start().unwrap();
     let mut client =
         Client::connect(&format!("ws://{}/", server.local_addr()), Config::default()).unwrap();
     let mailbox = mailboxes.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -335,43 +326,18 @@ fn a_mailbox_message_reaches_handle_as_user() {
     client.close(1000, "").unwrap();
     server.shutdown();
     // The connection is gone: the message comes back.
-    assert_eq!(mailbox.send("late".to_string()).unwrap_err().0, "late");
+    assert_eq!(
+        mailbox.send("late".to_string()).unwrap_err(),
+        spool_std::MailboxError::Gone("late".to_string())
+    );
 }
 
 #[test]
 fn wss_round_trip_with_a_self_signed_certificate() {
-    let dir = temp_dir("tls");
-    let (cert, key) = (dir.join("c.pem"), dir.join("k.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args([
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-days",
-            "2",
-        ])
-        // openssl marks a self-signed certificate as a CA by default, and webpki refuses a CA
-        // certificate as the server's own (CaUsedAsEndEntity).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .expect("the openssl command line tool");
-    assert!(status.success(), "openssl failed");
+    let (dir, cert, key) = common::self_signed_cert("tls");
 
     let server = Server::new(Echo::default())
-        .pool_size(2)
+        .threads(2)
         .tls(&cert, &key)
         .start()
         .unwrap();
@@ -401,7 +367,7 @@ fn wss_round_trip_with_a_self_signed_certificate() {
 fn both_sides_record_logs_that_replay() {
     let dir = temp_dir("record");
     let server = Server::new(Echo::default())
-        .pool_size(1)
+        .threads(2)
         .record(dir.join("server"))
         .start()
         .unwrap();

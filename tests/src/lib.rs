@@ -47,7 +47,7 @@ impl EchoServer {
             Shell::Smol => EchoServer::Smol(Some(
                 spool_smol::Server::new(Echo)
                     .bind("127.0.0.1:0")
-                    .pool_size(2)
+                    .threads(2)
                     .config(config)
                     .start()
                     .unwrap(),
@@ -55,7 +55,7 @@ impl EchoServer {
             Shell::Std => EchoServer::Std(Some(
                 spool_std::Server::new(Echo)
                     .bind("127.0.0.1:0")
-                    .pool_size(2)
+                    .threads(2)
                     .config(config)
                     .start()
                     .unwrap(),

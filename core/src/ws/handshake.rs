@@ -202,8 +202,9 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// An error answer with a plain-text body saying what was wrong.
-pub(crate) fn error_response(status: u16, body: &str) -> Transmit {
+/// An error answer with a plain-text body saying what was wrong: what a server writes to a
+/// connection it refuses before any handshake (503 past its connection limit).
+pub fn error_response(status: u16, body: &str) -> Transmit {
     let reason = reason_phrase(status);
     let extra = match status {
         405 => "Allow: GET\r\n",

@@ -32,7 +32,7 @@ pub use deflate::{DeflateConfig, DeflateParams};
 pub use error::{ConfigError, HandshakeError, ProtocolError};
 pub use event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound, Request};
 pub use frame::{FrameHeader, Opcode, is_valid_close_code};
-pub use handshake::accept_key;
+pub use handshake::{accept_key, error_response};
 pub use mask::apply_mask;
 pub use text::Text;
 pub use transmit::Transmit;
