@@ -7,11 +7,12 @@
 //! frame is one `Bytes`: every recipient gets a reference to the same bytes.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -19,7 +20,9 @@ use spool_core::channel::{self, ClientId, Frame, Outbound, Recipients, Runtime};
 use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
 
-use crate::handler::{Conn, Handler, HttpResponse, Incoming, Mailbox, Next, Rejection};
+use crate::handler::{
+    Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, Next, Rejection,
+};
 
 /// What the hub sends a socket.
 #[derive(Clone, Debug)]
@@ -31,16 +34,88 @@ pub enum ToSocket {
 }
 
 enum HubInput {
-    Connect(ClientId, Mailbox<ToSocket>),
+    Connect(ClientId, Mailbox<ToSocket>, Arc<AtomicBool>),
     Event(channel::Event),
     Stop,
 }
 
+/// Frames from sockets that may wait for the hub; past it a socket's frame is refused (the
+/// socket is closed with 1013, try again later) rather than the hub's memory growing. Connects
+/// and disconnects always enter: there is one of each per connection, and the server bounds
+/// connections.
+pub const HUB_QUEUE_CAPACITY: usize = 65_536;
+
+/// The hub's input: a queue with a bound on socket frames.
+struct HubQueue {
+    inner: Mutex<QueueInner>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+struct QueueInner {
+    items: VecDeque<HubInput>,
+    /// Socket frames among `items`.
+    frames: usize,
+}
+
+/// The hub's queue is full: the frame was not taken.
+#[derive(Debug)]
+struct HubFull;
+
+impl HubQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Queues anything but a socket frame.
+    fn push(&self, input: HubInput) {
+        self.lock().items.push_back(input);
+        self.ready.notify_one();
+    }
+
+    /// Queues a socket frame, within the bound.
+    fn push_frame(&self, input: HubInput) -> Result<(), HubFull> {
+        let mut inner = self.lock();
+        if inner.frames >= self.capacity {
+            return Err(HubFull);
+        }
+        inner.frames += 1;
+        inner.items.push_back(input);
+        drop(inner);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    fn pop(&self) -> HubInput {
+        let mut inner = self.lock();
+        loop {
+            if let Some(input) = inner.items.pop_front() {
+                if matches!(input, HubInput::Event(channel::Event::Receive { .. })) {
+                    inner.frames -= 1;
+                }
+                return input;
+            }
+            inner = self
+                .ready
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
 /// The hub's thread. Dropping it stops the thread.
 pub struct Hub {
-    tx: mpsc::Sender<HubInput>,
+    queue: Arc<HubQueue>,
+    /// Set when the hub's thread has failed: sockets are closed with 1011 from then on.
+    failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     start: Instant,
+}
+
+/// A socket as the hub holds it: its mailbox, and the flag that tells it it was cut off.
+struct Member {
+    mailbox: Mailbox<ToSocket>,
+    evicted: Arc<AtomicBool>,
 }
 
 impl Hub {
@@ -69,51 +144,106 @@ impl Hub {
             }
             None => None,
         };
-        let (tx, rx) = mpsc::channel::<HubInput>();
-        let thread = std::thread::Builder::new()
-            .name("spool-hub".into())
-            .spawn(move || {
-                let mut mailboxes: HashMap<ClientId, Mailbox<ToSocket>> = HashMap::new();
-                while let Ok(input) = rx.recv() {
-                    let event = match input {
-                        HubInput::Stop => break,
-                        HubInput::Connect(id, mailbox) => {
-                            mailboxes.insert(id, mailbox);
-                            continue;
+        let queue = Arc::new(HubQueue {
+            inner: Mutex::new(QueueInner {
+                items: VecDeque::new(),
+                frames: 0,
+            }),
+            ready: Condvar::new(),
+            capacity: HUB_QUEUE_CAPACITY,
+        });
+        let failed = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (queue, failed) = (queue.clone(), failed.clone());
+            std::thread::Builder::new()
+                .name("spool-hub".into())
+                .spawn(move || {
+                    let mut members: HashMap<ClientId, Member> = HashMap::new();
+                    loop {
+                        let event = match queue.pop() {
+                            HubInput::Stop => break,
+                            HubInput::Connect(id, mailbox, evicted) => {
+                                members.insert(id, Member { mailbox, evicted });
+                                continue;
+                            }
+                            HubInput::Event(e) => e,
+                        };
+                        let gone = match &event {
+                            channel::Event::Disconnect { client_id, .. } => Some(*client_id),
+                            _ => None,
+                        };
+                        let now_ms = match &event {
+                            channel::Event::Receive { now_ms, .. }
+                            | channel::Event::Connect { now_ms, .. }
+                            | channel::Event::Disconnect { now_ms, .. } => *now_ms,
+                            _ => 0,
+                        };
+                        let handled =
+                            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                runtime.handle(event.clone())
+                            }));
+                        let Ok(outbounds) = handled else {
+                            // The runtime's state cannot be trusted after a panic: say so, close
+                            // every socket rather than go silent, and refuse new ones.
+                            tracing::error!(
+                                sockets = members.len(),
+                                "the channel hub failed; closing every socket with 1011"
+                            );
+                            failed.store(true, Ordering::Release);
+                            for member in members.values() {
+                                member.evicted.store(true, Ordering::Release);
+                                let _ = member
+                                    .mailbox
+                                    .send(ToSocket::Close(1011, "channel hub failed".into()));
+                            }
+                            break;
+                        };
+                        let evicted = deliver(&outbounds, &members);
+                        if let Some(w) = recorder.as_mut() {
+                            let line = ChannelLine::Step { event, outbounds };
+                            // A full disk stops the recording, not the server.
+                            if writeln!(w, "{}", serde_json::to_string(&line).unwrap_or_default())
+                                .and_then(|_| w.flush())
+                                .is_err()
+                            {
+                                tracing::error!("channel recording failed; recording stopped");
+                                recorder = None;
+                            }
                         }
-                        HubInput::Event(e) => e,
-                    };
-                    let gone = match &event {
-                        channel::Event::Disconnect { client_id, .. } => Some(*client_id),
-                        _ => None,
-                    };
-                    let outbounds = runtime.handle(event.clone());
-                    deliver(&outbounds, &mailboxes);
-                    if let Some(w) = recorder.as_mut() {
-                        let line = ChannelLine::Step { event, outbounds };
-                        // A full disk stops the recording, not the server.
-                        if writeln!(w, "{}", serde_json::to_string(&line).unwrap_or_default())
-                            .and_then(|_| w.flush())
-                            .is_err()
-                        {
-                            recorder = None;
+                        if let Some(id) = gone {
+                            members.remove(&id);
+                        }
+                        // Sockets whose mailboxes were full: cut off here (memberships and
+                        // presences leave now); each closes itself with 1008 on its next turn.
+                        for id in evicted {
+                            if members.remove(&id).is_some() {
+                                queue.push(HubInput::Event(channel::Event::Disconnect {
+                                    now_ms,
+                                    client_id: id,
+                                }));
+                            }
                         }
                     }
-                    if let Some(id) = gone {
-                        mailboxes.remove(&id);
-                    }
-                }
-            })?;
+                })?
+        };
         Ok(Hub {
-            tx,
+            queue,
+            failed,
             thread: Some(thread),
             start: Instant::now(),
         })
     }
 
+    /// Whether the hub's thread has failed (sockets are then closed with 1011).
+    pub fn has_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
     fn send(&self, input: HubInput) {
-        // Fails only once the hub has stopped, when there is nobody left to tell.
-        let _ = self.tx.send(input);
+        // Nobody reads the queue of a failed hub.
+        if !self.has_failed() {
+            self.queue.push(input);
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -136,15 +266,17 @@ impl Drop for Hub {
 }
 
 /// Hands each outbound's frame to its recipients: one clone of the frame's `Bytes` each.
-fn deliver(outbounds: &[Outbound], mailboxes: &HashMap<ClientId, Mailbox<ToSocket>>) {
+/// Returns the sockets whose mailboxes were full: they are not keeping up and are cut off.
+fn deliver(outbounds: &[Outbound], members: &HashMap<ClientId, Member>) -> Vec<ClientId> {
+    let mut evicted = Vec::new();
     for o in outbounds {
         match (o.delivery(), o) {
             ((Recipients::One(c), Some(frame)), _) => {
-                send_to(mailboxes, c, ToSocket::Frame(frame.clone()))
+                send_to(members, c, ToSocket::Frame(frame.clone()), &mut evicted);
             }
             ((Recipients::Many(cs), Some(frame)), _) => {
                 for c in cs {
-                    send_to(mailboxes, *c, ToSocket::Frame(frame.clone()));
+                    send_to(members, *c, ToSocket::Frame(frame.clone()), &mut evicted);
                 }
             }
             (
@@ -155,21 +287,39 @@ fn deliver(outbounds: &[Outbound], mailboxes: &HashMap<ClientId, Mailbox<ToSocke
                     reason,
                 },
             ) => {
-                send_to(
-                    mailboxes,
-                    *client_id,
-                    ToSocket::Close(*code, reason.clone()),
-                );
+                let close = ToSocket::Close(*code, reason.clone());
+                send_to(members, *client_id, close, &mut evicted);
             }
             _ => {}
         }
     }
+    evicted
 }
 
-fn send_to(mailboxes: &HashMap<ClientId, Mailbox<ToSocket>>, client: ClientId, message: ToSocket) {
-    if let Some(m) = mailboxes.get(&client) {
+fn send_to(
+    members: &HashMap<ClientId, Member>,
+    client: ClientId,
+    message: ToSocket,
+    evicted: &mut Vec<ClientId>,
+) {
+    let Some(member) = members.get(&client) else {
+        return;
+    };
+    if member.evicted.load(Ordering::Relaxed) {
+        return;
+    }
+    match member.mailbox.send(message) {
+        Ok(()) => {}
         // A socket that just went away misses this frame; its Disconnect is on its way.
-        let _ = m.send(message);
+        Err(MailboxError::Gone(_)) => {}
+        Err(MailboxError::Full(_)) => {
+            tracing::warn!(
+                client = client.0,
+                "a socket's mailbox is full; cutting it off"
+            );
+            member.evicted.store(true, Ordering::Release);
+            evicted.push(client);
+        }
     }
 }
 
@@ -211,8 +361,15 @@ impl ChannelSocket {
     }
 }
 
+/// A channel socket's state: its id at the hub, and whether the hub cut it off.
+#[derive(Debug)]
+pub struct SocketState {
+    id: ClientId,
+    evicted: Arc<AtomicBool>,
+}
+
 impl Handler for ChannelSocket {
-    type State = ClientId;
+    type State = SocketState;
     type User = ToSocket;
 
     fn on_upgrade(&self, request: &Request) -> Result<(), Rejection> {
@@ -228,22 +385,37 @@ impl Handler for ChannelSocket {
             .unwrap_or_else(|| HttpResponse::new(404, "text/plain; charset=utf-8", "not found\n"))
     }
 
-    fn on_init(&self, conn: &mut Conn<ToSocket>) -> ClientId {
+    fn on_init(&self, conn: &mut Conn<ToSocket>) -> SocketState {
         let id = ClientId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        self.hub.send(HubInput::Connect(id, conn.mailbox()));
-        self.hub.send(HubInput::Event(channel::Event::Connect {
-            now_ms: self.hub.now_ms(),
-            client_id: id,
-        }));
-        id
+        let evicted = Arc::new(AtomicBool::new(false));
+        if self.hub.has_failed() {
+            evicted.store(true, Ordering::Release);
+            conn.close(1011, "channel hub failed");
+        } else {
+            self.hub
+                .send(HubInput::Connect(id, conn.mailbox(), evicted.clone()));
+            self.hub.send(HubInput::Event(channel::Event::Connect {
+                now_ms: self.hub.now_ms(),
+                client_id: id,
+            }));
+        }
+        SocketState { id, evicted }
     }
 
     fn handle(
         &self,
-        id: &mut ClientId,
+        state: &mut SocketState,
         incoming: Incoming<ToSocket>,
         conn: &mut Conn<ToSocket>,
     ) -> Next {
+        if state.evicted.load(Ordering::Acquire) {
+            if let Incoming::User(ToSocket::Close(code, reason)) = incoming {
+                conn.close(code, reason);
+            } else {
+                conn.close(1008, "too slow: the socket's mailbox was full");
+            }
+            return Next::Continue;
+        }
         let frame = match incoming {
             Incoming::Message(Message::Text(t)) => Frame::Text(t),
             Incoming::Message(Message::Binary(b)) => Frame::Binary(b),
@@ -263,17 +435,30 @@ impl Handler for ChannelSocket {
         };
         let event = channel::Event::Receive {
             now_ms: self.hub.now_ms(),
-            client_id: *id,
+            client_id: state.id,
             frame,
         };
-        self.hub.send(HubInput::Event(event));
+        if self.hub.has_failed() {
+            conn.close(1011, "channel hub failed");
+        } else if self.hub.queue.push_frame(HubInput::Event(event)).is_err() {
+            tracing::warn!(
+                client = state.id.0,
+                "the channel hub's queue is full; closing a socket with 1013"
+            );
+            conn.close(1013, "server overloaded: try again later");
+        }
         Next::Continue
     }
 
-    fn on_close(&self, id: ClientId, _info: &CloseInfo) {
-        self.hub.send(HubInput::Event(channel::Event::Disconnect {
-            now_ms: self.hub.now_ms(),
-            client_id: id,
-        }));
+    fn on_close(&self, state: SocketState, _info: &CloseInfo) {
+        // A socket the hub cut off was disconnected there already; a second Disconnect of the
+        // same client is a no-op for the runtime.
+        let _ = &state.evicted;
+        {
+            self.hub.send(HubInput::Event(channel::Event::Disconnect {
+                now_ms: self.hub.now_ms(),
+                client_id: state.id,
+            }));
+        }
     }
 }
