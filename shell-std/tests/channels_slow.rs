@@ -37,8 +37,11 @@ fn a_stalled_subscriber_is_closed_with_1008_and_the_healthy_ones_get_everything(
     let runtime = Runtime::new_single_node(demo::router(), channel::Config::default());
     let hub = Arc::new(Hub::start(runtime, demo::APP, None).unwrap());
     let socket = ChannelSocket::new(hub.clone(), "/socket/websocket", Box::new(|_| None));
+    // 4 MiB of backlog: a healthy debug-build reader on a busy 2-core machine may fall 1 MiB
+    // behind for a moment; the stalled one falls 32 MB behind.
     let server = Server::new(socket)
         .config(ChannelSocket::ws_config())
+        .max_unsent_bytes(4 << 20)
         .start()
         .unwrap();
     let url = format!("ws://{}/socket/websocket?vsn=2.0.0", server.local_addr());
