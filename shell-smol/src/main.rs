@@ -180,8 +180,7 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     let live = server.live_connections();
     stop_on_signal(signals, args.stop.grace_ms, &live, move || {
         server.shutdown()
-    });
-    Ok(())
+    })
 }
 
 /// Replays one log, or every `.jsonl` in a directory (sorted by name); fails if any fails.
@@ -362,21 +361,25 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// Blocks until SIGTERM or SIGINT, then runs `stop` (which closes every connection and returns
 /// once they are closed) and waits for it at most `grace_ms`. Past that, or at a second signal,
-/// it logs how many connections were still open and returns anyway: the process was asked to
-/// stop, and stops, so it still exits 0; the log says what was cut off.
+/// it logs how many connections were still open and returns `Ok` anyway: the process was asked
+/// to stop, and stops, so it still exits 0; the log says what was cut off.
+///
+/// # Errors
+/// When the signal thread is gone, or `stop` panicked.
 fn stop_on_signal(
     mut signals: Signals,
     grace_ms: u64,
     live: &AtomicUsize,
     stop: impl FnOnce() + Send + 'static,
-) {
+) -> Result<(), String> {
     enum Note {
         Signal(i32),
         Stopped,
+        Panicked,
     }
     let (tx, rx) = mpsc::channel();
     let notes = tx.clone();
-    // The only other use of `notes` is this thread; a closed channel means main has returned.
+    // Forwards every signal, until main has returned and nobody listens.
     std::thread::spawn(move || {
         for signal in signals.forever() {
             if notes.send(Note::Signal(signal)).is_err() {
@@ -385,7 +388,7 @@ fn stop_on_signal(
         }
     });
     let Ok(Note::Signal(signal)) = rx.recv() else {
-        return;
+        return Err("cannot wait for signals".to_string());
     };
     let started = Instant::now();
     info!(
@@ -394,8 +397,11 @@ fn stop_on_signal(
         live.load(Ordering::Relaxed)
     );
     std::thread::spawn(move || {
-        stop();
-        let _ = tx.send(Note::Stopped);
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(stop));
+        let _ = tx.send(match stopped {
+            Ok(()) => Note::Stopped,
+            Err(_) => Note::Panicked,
+        });
     });
     match rx.recv_timeout(Duration::from_millis(grace_ms)) {
         Ok(Note::Stopped) => info!("stopped in {} ms", started.elapsed().as_millis()),
@@ -404,12 +410,19 @@ fn stop_on_signal(
             signal_name(signal),
             live.load(Ordering::Relaxed)
         ),
+        Ok(Note::Panicked) => {
+            return Err(format!(
+                "the server's shutdown panicked, with {} connections open",
+                live.load(Ordering::Relaxed)
+            ));
+        }
         Err(_) => warn!(
             "grace period of {grace_ms} ms is over: exiting, cutting off {} connections still \
              closing",
             live.load(Ordering::Relaxed)
         ),
     }
+    Ok(())
 }
 
 /// Sends back every text and binary message, counting open connections.
@@ -485,7 +498,7 @@ fn echo(command: &str, args: EchoArgs) -> Result<(), String> {
             }
             let handle = server.start().map_err(failed)?;
             announce(handle.local_addr());
-            stop_on_signal(signals, grace_ms, &live, move || handle.shutdown());
+            stop_on_signal(signals, grace_ms, &live, move || handle.shutdown())
         }
         Shell::Std => {
             let mut server = spool_std::Server::new(echo)
@@ -499,10 +512,9 @@ fn echo(command: &str, args: EchoArgs) -> Result<(), String> {
             }
             let handle = server.start().map_err(failed)?;
             announce(handle.local_addr());
-            stop_on_signal(signals, grace_ms, &live, move || handle.shutdown());
+            stop_on_signal(signals, grace_ms, &live, move || handle.shutdown())
         }
     }
-    Ok(())
 }
 
 fn echo_client(args: EchoClientArgs) -> Result<(), String> {
