@@ -950,7 +950,7 @@ impl<H: tcp::Handler> Loop<H> {
             let Some(slot) = &mut entry.slot else {
                 // Still in the TLS handshake.
                 if now >= entry.opened_ms + TLS_HANDSHAKE_TIMEOUT_MS {
-                    tracing::debug!(peer = %entry.peer, "tls handshake timed out");
+                    tracing::warn!(peer = %entry.peer, "tls handshake timed out");
                     self.remove(key, End::PeerGone);
                 } else {
                     let until = entry.opened_ms + TLS_HANDSHAKE_TIMEOUT_MS;
@@ -1061,7 +1061,7 @@ fn read_tls(
         Err(_) => return Err(End::PeerGone),
     }
     if let Err(e) = tls.process_new_packets() {
-        tracing::debug!(%peer, "tls error: {e}");
+        tracing::warn!(%peer, "tls failed: {e}");
         // Tell the peer why (the alert rustls queued), best effort.
         let _ = tls.write_tls(&mut &*socket);
         return Err(End::PeerGone);
