@@ -19,7 +19,7 @@ mod event_loop;
 pub mod handler;
 pub mod outgoing;
 mod random;
-mod record;
+pub mod record;
 mod server;
 pub mod tcp;
 pub mod tls;

@@ -9,15 +9,13 @@ mod lines;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spool_core::ws::{CloseInfo, Config, Message};
-use spool_std::{
-    Client, ClientError, ClientOptions, Conn, Handler, Incoming, MailboxError, Next, Server,
-    TcpServer,
-};
+use common::faulty::Faulty;
+use spool_core::ws::{Config, Message};
+use spool_std::{Client, ClientError, ClientOptions, MailboxError, Server, TcpServer};
 
 fn read_line(reader: &mut impl BufRead) -> String {
     let mut line = String::new();
@@ -77,46 +75,6 @@ fn a_line_protocol_runs_on_the_raw_layer_over_tls() {
     converse(rustls::StreamOwned::new(tls, tcp));
     server.shutdown();
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// A WebSocket handler that panics on "panic", floods on "flood", and reports its closes.
-#[derive(Default)]
-struct Faulty {
-    closes: Mutex<Option<Sender<CloseInfo>>>,
-    mailboxes: Mutex<Option<Sender<spool_std::Mailbox<Vec<u8>>>>>,
-}
-
-impl Handler for Faulty {
-    type State = ();
-    type User = Vec<u8>;
-
-    fn on_init(&self, conn: &mut Conn<Vec<u8>>) {
-        if let Some(tx) = &*self.mailboxes.lock().unwrap() {
-            let _ = tx.send(conn.mailbox());
-        }
-    }
-
-    fn handle(&self, _: &mut (), incoming: Incoming<Vec<u8>>, conn: &mut Conn<Vec<u8>>) -> Next {
-        match incoming {
-            Incoming::Message(Message::Text(t)) if t == "panic" => panic!("asked to"),
-            Incoming::Message(Message::Text(t)) if t == "half" => {
-                // 512 KiB: under the 1 MiB bound, more than loopback buffers take at once.
-                for _ in 0..64 {
-                    conn.send(Message::binary(vec![1u8; 8 << 10]));
-                }
-            }
-            Incoming::Message(m) if !m.is_control() => conn.send(m),
-            Incoming::Message(_) => {}
-            Incoming::User(bytes) => conn.send(Message::binary(bytes)),
-        }
-        Next::Continue
-    }
-
-    fn on_close(&self, _: (), info: &CloseInfo) {
-        if let Some(tx) = &*self.closes.lock().unwrap() {
-            let _ = tx.send(info.clone());
-        }
-    }
 }
 
 #[test]
