@@ -11,7 +11,9 @@
 //! `channel` module and applications).
 //!
 //! Files, leaves first: `frame` (headers), `mask`, `utf8`, `deflate`, `handshake`; then
-//! `connection`, the only one that holds state across events.
+//! `connection`, the only one that holds state across events: its `mod.rs` has the machine and
+//! the opening handshake, `receive` the frames coming in, `send` the frames going out, `close`
+//! how a connection ends, and `timers` what time does.
 
 mod config;
 mod connection;
