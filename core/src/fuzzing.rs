@@ -1,5 +1,7 @@
 //! Bodies of the cargo-fuzz targets in `fuzz/`, kept here so that `cargo test` can replay their
-//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API.
+//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API: compiled
+//! only with the `fuzzing` feature, which `fuzz/Cargo.toml` and spool-core's own
+//! dev-dependency on itself turn on.
 
 use bytes::Bytes;
 
