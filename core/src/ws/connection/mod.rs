@@ -196,7 +196,8 @@ impl Connection {
         out
     }
 
-    /// [`Connection::handle`] appending to a vector the caller reuses.
+    /// [`Connection::handle`] appending to a vector the caller reuses. What it appends depends
+    /// only on the events so far, never on what the vector already held.
     pub fn handle_into(&mut self, event: Event, out: &mut Vec<Outbound>) {
         self.now_ms = self.now_ms.max(event.now_ms());
         let deferred = self.deferred_failure.take();

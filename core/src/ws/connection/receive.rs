@@ -15,16 +15,15 @@ use crate::ws::utf8::Utf8Validator;
 impl Connection {
     /// Reads every whole frame in `buf`, and as much of a partial data frame as arrived.
     pub(super) fn read_frames(&mut self, out: &mut Vec<Outbound>) {
+        // Only what this call delivered counts: entries the caller left in its vector must not
+        // change the outcome (same events, same outbounds).
+        let mut delivered = false;
         while matches!(self.phase, Phase::Open | Phase::Closing) {
-            let delivered_before = out.len();
+            let before = out.len();
             match self.read_one(out) {
                 Ok(true) => {}
                 Ok(false) => break,
-                Err(e)
-                    if out[..delivered_before]
-                        .iter()
-                        .any(|o| matches!(o, Outbound::Deliver(_))) =>
-                {
+                Err(e) if delivered => {
                     // Messages before the bad frame were delivered in this same call. Give the
                     // application one event to answer them (an echo, say) before failing, as
                     // a peer that read them one at a time would have; the deadline is now, so
@@ -38,6 +37,9 @@ impl Connection {
                     break;
                 }
             }
+            delivered |= out[before..]
+                .iter()
+                .any(|o| matches!(o, Outbound::Deliver(_)));
         }
     }
 

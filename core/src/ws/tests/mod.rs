@@ -729,3 +729,30 @@ fn plain_http_requests_go_to_the_application_when_asked() {
     );
     assert_eq!(out.last(), Some(&Outbound::Disconnect));
 }
+
+#[test]
+fn the_outcome_does_not_depend_on_what_the_callers_vector_held() {
+    // A bad frame alone in a read fails at once, whatever the caller left in its vector:
+    // a stale Deliver from an earlier call must not postpone the failure.
+    let bad = test_frame(true, true, 1, b"bad", M);
+    let mut fresh = open_server(no_deflate());
+    let expected = receive(&mut fresh, 5, bad.clone());
+    assert_fails_with(&expected, 1002);
+
+    let mut ws = open_server(no_deflate());
+    let stale = vec![
+        Outbound::Deliver(Message::text("left over")),
+        Outbound::Transmit(Transmit::from(vec![1, 2, 3])),
+    ];
+    let mut out = stale.clone();
+    ws.handle_into(
+        Event::Receive {
+            now_ms: 5,
+            bytes: bad,
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..stale.len()], &stale[..], "the caller's entries stay");
+    assert_eq!(&out[stale.len()..], &expected[..]);
+    assert_eq!(ws.next_deadline(), None, "nothing deferred");
+}
