@@ -134,8 +134,15 @@ impl Connection {
     /// A client-side connection; on [`Event::Open`] it transmits its upgrade request.
     ///
     /// # Errors
-    /// [`ConfigError`] when the configuration is inconsistent.
+    /// [`ConfigError`] when the configuration is inconsistent, or when the request's URL would
+    /// not fit in a request head (see [`Url::validate`]).
     pub fn client(config: Config, request: ClientRequest) -> Result<Connection, ConfigError> {
+        if request.url.validate().is_err() {
+            return Err(ConfigError::new(
+                "request.url",
+                "needs a host, a target starting with '/', and no space or control character",
+            ));
+        }
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, request.key);
         let rng = Rng::new(request.mask_seed);
         Connection::new(config, Role::Client, Some(ClientSide { request, key, rng }))

@@ -756,3 +756,26 @@ fn the_outcome_does_not_depend_on_what_the_callers_vector_held() {
     assert_eq!(&out[stale.len()..], &expected[..]);
     assert_eq!(ws.next_deadline(), None, "nothing deferred");
 }
+
+#[test]
+fn a_client_refuses_urls_that_would_inject_into_its_request() {
+    for bad in [
+        "ws://h/a b",
+        "ws://h/x\r\nX-Evil: 1",
+        "ws://h\r\nX-Evil: 1/",
+    ] {
+        assert!(Url::parse(bad).is_err(), "{bad:?}");
+    }
+    let request = ClientRequest {
+        url: Url {
+            secure: false,
+            host: "h".into(),
+            port: 80,
+            target: "/ HTTP/1.1\r\nX-Evil: 1\r\n".into(),
+        },
+        key: [1; 16],
+        mask_seed: 1,
+        headers: vec![],
+    };
+    assert!(Connection::client(no_deflate(), request).is_err());
+}
