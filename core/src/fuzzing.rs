@@ -53,7 +53,8 @@ fn check(out: &[Outbound], closed: &mut bool, disconnected: &mut bool) {
 }
 
 /// Frames into an open server connection. The first byte picks the configuration (compression
-/// on or off, small limits or default ones) so the fuzzer reaches the inflater and the limits.
+/// on or off, small, default or the largest limits) so the fuzzer reaches the inflater and the
+/// limits.
 pub fn ws_frames(data: &[u8]) {
     let Some((&flags, data)) = data.split_first() else {
         return;
@@ -70,6 +71,11 @@ pub fn ws_frames(data: &[u8]) {
     if flags & 2 != 0 {
         config.limits.max_frame_len = 64;
         config.limits.max_message_len = 256;
+    } else if flags & 8 != 0 {
+        // The largest limits Config::validate accepts: arithmetic on peer-chosen lengths
+        // meets them, and must not overflow (the fuzz build checks overflow).
+        config.limits.max_frame_len = isize::MAX as usize;
+        config.limits.max_message_len = isize::MAX as usize;
     }
     let Ok(mut ws) = Connection::server(config) else {
         return;

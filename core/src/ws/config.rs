@@ -71,6 +71,31 @@ impl Config {
                 "frame and message limits must be positive",
             ));
         }
+        // No buffer can hold more than isize::MAX bytes; a larger limit is no limit, and would
+        // leave arithmetic on peer-chosen lengths one step from overflowing.
+        for (field, len) in [
+            ("limits.max_handshake_len", l.max_handshake_len),
+            ("limits.max_frame_len", l.max_frame_len),
+            ("limits.max_message_len", l.max_message_len),
+        ] {
+            if len > MAX_BUFFER_LEN {
+                return Err(ConfigError::new(field, "must be at most isize::MAX"));
+            }
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "handshake_timeout_ms",
+                "must be positive: no handshake takes no time",
+            ));
+        }
+        for (field, ms) in [
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+        ] {
+            if ms == Some(0) {
+                return Err(ConfigError::new(field, "must be positive, or None for off"));
+            }
+        }
         if let Some(d) = &self.deflate {
             d.validate()?;
         }
@@ -113,6 +138,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// The most bytes one allocation may hold (`Vec` and `BytesMut` refuse more).
+const MAX_BUFFER_LEN: usize = isize::MAX as usize;
 
 /// RFC 7230 §3.2.6 `tchar`.
 pub(crate) fn is_token_byte(b: u8) -> bool {

@@ -330,9 +330,13 @@ impl Inflater {
                 if out.len() > limit {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                let room = (input.len() * 4)
+                // Room to pass the limit by one byte, so that passing it is seen. Saturating:
+                // `limit` may be as large as the config allows, and `input` is the peer's.
+                let room = input
+                    .len()
+                    .saturating_mul(4)
                     .clamp(4096, 1 << 20)
-                    .min(limit + 1 - out.len());
+                    .min(limit.saturating_add(1) - out.len());
                 out.reserve_exact(room.max(1));
             }
             let before_out = out.len();
@@ -429,5 +433,17 @@ mod tests {
             Err(ProtocolError::MessageTooBig)
         );
         assert!(out.capacity() < 1 << 20, "held {} bytes", out.capacity());
+    }
+
+    #[test]
+    fn no_limit_is_too_large_to_add_to() {
+        // Peer-controlled lengths meet `limit` in arithmetic; usize::MAX must not overflow it.
+        let mut d = Deflater::new(1, 15, false);
+        let wire = d.compress(b"hello hello hello");
+        let mut i = Inflater::new(false);
+        let mut out = Vec::new();
+        i.feed(&wire, &mut out, usize::MAX).unwrap();
+        i.finish(&mut out, usize::MAX).unwrap();
+        assert_eq!(out, b"hello hello hello");
     }
 }

@@ -121,7 +121,9 @@ impl Connection {
         if !h.opcode.is_control() {
             let held = self.message.as_ref().map_or(0, |m| m.data.len()) as u64;
             let compressed = h.rsv1 || self.message.as_ref().is_some_and(|m| m.compressed);
-            if !compressed && held + h.payload_len > self.config.limits.max_message_len as u64 {
+            // The peer picks payload_len (up to 2^63 - 1): add without overflowing.
+            let total = held.saturating_add(h.payload_len);
+            if !compressed && total > self.config.limits.max_message_len as u64 {
                 return Err(ProtocolError::MessageTooBig);
             }
             if self.message.is_none() {

@@ -320,6 +320,47 @@ fn size_limits_close_with_1009_from_the_header() {
     assert_fails_with(&receive(&mut ws, 1, wire), 1009);
 }
 
+#[test]
+fn config_refuses_limits_no_buffer_can_reach() {
+    let config = Config {
+        limits: Limits {
+            max_message_len: usize::MAX,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    assert!(config.validate().is_err());
+    assert!(Connection::server(config).is_err());
+    // The largest that can work is accepted; so are the defaults.
+    let largest = Config {
+        limits: Limits {
+            max_handshake_len: isize::MAX as usize,
+            max_frame_len: isize::MAX as usize,
+            max_message_len: isize::MAX as usize,
+        },
+        ..Config::default()
+    };
+    assert_eq!(largest.validate(), Ok(()));
+    assert_eq!(Config::default().validate(), Ok(()));
+    // Timers that would fire at once, forever.
+    for config in [
+        Config {
+            ping_interval_ms: Some(0),
+            ..Config::default()
+        },
+        Config {
+            idle_timeout_ms: Some(0),
+            ..Config::default()
+        },
+        Config {
+            handshake_timeout_ms: 0,
+            ..Config::default()
+        },
+    ] {
+        assert!(config.validate().is_err(), "{config:?}");
+    }
+}
+
 // ---- close handshake ----
 
 #[test]
