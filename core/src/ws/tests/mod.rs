@@ -5,6 +5,8 @@ use bytes::Bytes;
 
 use super::*;
 
+mod deflate;
+
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fn request_with(extra: &str) -> String {

@@ -1,0 +1,167 @@
+//! permessage-deflate on the wire: the examples of RFC 7692 §7.2.3, received in both roles.
+
+use super::*;
+
+/// A server that negotiated permessage-deflate (context takeover both ways).
+fn open_server_deflate() -> Connection {
+    let mut ws = Connection::server(Config {
+        deflate: Some(DeflateConfig::default()),
+        ..Config::default()
+    })
+    .unwrap();
+    ws.handle(Event::Open { now_ms: 0 });
+    let request = request_with("Sec-WebSocket-Extensions: permessage-deflate\r\n");
+    receive(&mut ws, 0, request);
+    let out = ws.handle(Event::Accept { now_ms: 0 });
+    assert!(
+        matches!(out.last(), Some(Outbound::Opened(h)) if h.deflate.is_some()),
+        "{out:?}"
+    );
+    ws
+}
+
+/// A client whose server answered with permessage-deflate (context takeover both ways).
+fn open_client_deflate() -> Connection {
+    let key = [5u8; 16];
+    let request = ClientRequest {
+        url: Url::parse("ws://h/").unwrap(),
+        key,
+        mask_seed: 1,
+        headers: vec![],
+    };
+    let mut ws = Connection::client(
+        Config {
+            deflate: Some(DeflateConfig::default()),
+            ..Config::default()
+        },
+        request,
+    )
+    .unwrap();
+    ws.handle(Event::Open { now_ms: 0 });
+    let key_b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, key);
+    let answer = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n",
+        accept_key(&key_b64)
+    );
+    let out = receive(&mut ws, 0, answer);
+    assert!(
+        matches!(out.last(), Some(Outbound::Opened(h)) if h.deflate.is_some()),
+        "{out:?}"
+    );
+    ws
+}
+
+/// Feeds compressed text messages (RSV1 set, one frame each) to a server (masked) and to a
+/// client (unmasked), and returns what each delivered and whether it stayed open.
+#[track_caller]
+fn receive_compressed(payloads: &[&[u8]]) -> [(Vec<Outbound>, bool); 2] {
+    let mut server = open_server_deflate();
+    let mut client = open_client_deflate();
+    let (mut to_server, mut to_client) = (vec![], vec![]);
+    for (i, p) in payloads.iter().enumerate() {
+        to_server.extend(receive(
+            &mut server,
+            1 + i as u64,
+            test_frame(true, true, 1, p, M),
+        ));
+        to_client.extend(receive(
+            &mut client,
+            1 + i as u64,
+            test_frame(true, true, 1, p, None),
+        ));
+    }
+    let (s_open, c_open) = (server.is_open(), client.is_open());
+    [(to_server, s_open), (to_client, c_open)]
+}
+
+#[track_caller]
+fn assert_delivers(payloads: &[&[u8]], texts: &[&str]) {
+    let want: Vec<Outbound> = texts
+        .iter()
+        .map(|t| Outbound::Deliver(Message::text(*t)))
+        .collect();
+    for ((out, open), role) in receive_compressed(payloads)
+        .into_iter()
+        .zip(["server", "client"])
+    {
+        assert_eq!(out, want, "{role}");
+        assert!(open, "{role} still open");
+    }
+}
+
+const HELLO: &[u8] = &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+
+#[test]
+fn rfc7692_7_2_3_1_a_message_compressed_in_one_block() {
+    assert_delivers(&[HELLO], &["Hello"]);
+}
+
+#[test]
+fn rfc7692_7_2_3_2_the_second_message_refers_back_to_the_first() {
+    assert_delivers(
+        &[HELLO, &[0xf2, 0x00, 0x11, 0x00, 0x00]],
+        &["Hello", "Hello"],
+    );
+}
+
+#[test]
+fn rfc7692_7_2_3_3_a_block_with_no_compression() {
+    let stored = [
+        0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+    ];
+    assert_delivers(&[&stored], &["Hello"]);
+}
+
+#[test]
+fn rfc7692_7_2_3_4_a_final_block_then_more_messages() {
+    let bfinal: &[u8] = &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+    assert_delivers(&[bfinal, HELLO, HELLO], &["Hello", "Hello", "Hello"]);
+}
+
+#[test]
+fn a_message_that_ends_exactly_at_its_final_block_leaves_the_stream_clean() {
+    let bfinal_only: &[u8] = &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
+    assert_delivers(
+        &[bfinal_only, HELLO, bfinal_only],
+        &["Hello", "Hello", "Hello"],
+    );
+}
+
+#[test]
+fn bytes_after_the_final_block_are_ignored() {
+    let trailing: &[u8] = &[
+        0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0xde, 0xad, 0xbe, 0xef,
+    ];
+    assert_delivers(&[trailing, HELLO], &["Hello", "Hello"]);
+}
+
+#[test]
+fn rfc7692_7_2_3_5_two_blocks_in_one_message() {
+    let two = [
+        0xf2, 0x48, 0x05, 0x00, 0x00, 0x00, 0xff, 0xff, 0xca, 0xc9, 0xc9, 0x07, 0x00,
+    ];
+    assert_delivers(&[&two], &["Hello"]);
+}
+
+#[test]
+fn rfc7692_examples_split_across_fragments_and_reads() {
+    // 7.2.3.4 as two frames (RSV1 on the first only), each read split at every offset.
+    let bfinal: &[u8] = &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
+    let mut wire = test_frame(false, true, 1, &bfinal[..3], M).to_vec();
+    wire.extend_from_slice(&test_frame(true, false, 0, &bfinal[3..], M));
+    wire.extend_from_slice(&test_frame(true, true, 1, HELLO, M));
+    for cut in 0..=wire.len() {
+        let mut ws = open_server_deflate();
+        let mut out = receive(&mut ws, 1, wire[..cut].to_vec());
+        out.extend(receive(&mut ws, 2, wire[cut..].to_vec()));
+        assert_eq!(
+            out,
+            [
+                Outbound::Deliver(Message::text("Hello")),
+                Outbound::Deliver(Message::text("Hello"))
+            ],
+            "cut at {cut}"
+        );
+    }
+}
