@@ -101,7 +101,11 @@ pub fn ws_frames(data: &[u8]) {
 
 /// Arbitrary bytes as an upgrade request.
 pub fn ws_server_handshake(data: &[u8]) {
-    let Ok(mut ws) = Connection::server(Config::default()) else {
+    let config = Config {
+        deflate: Some(DeflateConfig::default()), // so that offers are negotiated
+        ..Config::default()
+    };
+    let Ok(mut ws) = Connection::server(config) else {
         return;
     };
     let (mut closed, mut disconnected) = (false, false);
@@ -133,6 +137,7 @@ pub fn ws_client_handshake(data: &[u8]) {
     };
     let config = Config {
         protocols: vec!["chat".into()],
+        deflate: Some(DeflateConfig::default()), // so that answers are checked
         ..Config::default()
     };
     let Ok(mut ws) = Connection::client(config, request) else {

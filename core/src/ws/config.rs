@@ -16,8 +16,13 @@ pub struct Config {
     /// Server: the subprotocols it speaks, most preferred first; the first one the client also
     /// offered is chosen. Client: the subprotocols it offers. Default: none.
     pub protocols: Vec<String>,
-    /// permessage-deflate (RFC 7692): `None` turns it off. Default: on, with context takeover
-    /// and 15-bit windows both ways, which costs about 300 KiB per connection while compressing.
+    /// permessage-deflate (RFC 7692): `Some` offers it (client) or accepts it (server).
+    /// Default: off, in both roles, as in Phoenix and Node's `ws` server. With context takeover
+    /// a connection keeps its two zlib streams for life, about 420 KiB once a compressed message
+    /// went each way; with `*_no_context_takeover` it holds none between messages. A broadcast
+    /// is shared only when compressed once: see [`PreparedMessage`](super::PreparedMessage).
+    /// Clients are off by default too, so one `Config::default()` means the same in both
+    /// roles; a client that wants compression sets `Some(DeflateConfig::default())`.
     pub deflate: Option<DeflateConfig>,
     /// How long the opening handshake may take, from [`Event::Open`](super::Event::Open).
     /// Default 10,000 ms: long enough for a slow client, short enough that half-open
@@ -42,7 +47,7 @@ impl Default for Config {
         Config {
             limits: Limits::default(),
             protocols: Vec::new(),
-            deflate: Some(DeflateConfig::default()),
+            deflate: None,
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             idle_timeout_ms: None,

@@ -23,6 +23,7 @@ mod event;
 mod frame;
 mod handshake;
 mod mask;
+mod prepared;
 mod text;
 mod transmit;
 mod url;
@@ -36,6 +37,7 @@ pub use event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound, Reque
 pub use frame::{FrameHeader, Opcode, is_valid_close_code};
 pub use handshake::accept_key;
 pub use mask::apply_mask;
+pub use prepared::PreparedMessage;
 pub use text::Text;
 pub use transmit::Transmit;
 pub use url::{Url, UrlError};

@@ -17,7 +17,15 @@ impl Connection {
         self.buf = BytesMut::new();
         self.frame = None;
         self.message = None;
+        self.release_zlib();
         out.push(Outbound::Disconnect);
+    }
+
+    /// Drops both zlib streams (each up to a few hundred KiB): nothing more will be sent or
+    /// received through them.
+    pub(super) fn release_zlib(&mut self) {
+        self.deflater = None;
+        self.inflater = None;
     }
 
     pub(super) fn on_close_frame(
@@ -73,6 +81,7 @@ impl Connection {
         }
         self.buf = BytesMut::new();
         self.frame = None;
+        self.release_zlib();
     }
 
     /// Fails the connection on a protocol error (§7.1.7): a close frame with the error's code,
@@ -132,6 +141,7 @@ impl Connection {
         self.buf = BytesMut::new();
         self.message = None;
         self.frame = None;
+        self.release_zlib();
     }
 
     /// Reports the end of the connection, once.

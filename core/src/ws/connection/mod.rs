@@ -186,6 +186,13 @@ impl Connection {
         &self.config
     }
 
+    /// The permessage-deflate parameters agreed on, once open with compression: what a
+    /// broadcaster compares to decide whether a [`PreparedMessage`](super::PreparedMessage)'s
+    /// compressed bytes fit this connection.
+    pub fn deflate(&self) -> Option<DeflateParams> {
+        self.deflate
+    }
+
     /// Whether messages may be sent now.
     pub fn is_open(&self) -> bool {
         self.phase == Phase::Open
@@ -225,6 +232,7 @@ impl Connection {
                 ..
             } => self.on_respond(status, &content_type, body, out),
             Event::Send { message, .. } => self.on_send(message, out),
+            Event::SendPrepared { message, .. } => self.on_send_prepared(message, out),
             Event::Close { code, reason, .. } => self.on_close_requested(code, &reason, out),
             Event::Tick { .. } => self.on_tick(out),
             Event::TransportClosed { .. } => self.on_transport_closed(out),

@@ -173,6 +173,11 @@ impl Connection {
             inflater.feed(&chunk, &mut msg.data, limit)?;
             if last {
                 inflater.finish(&mut msg.data, limit)?;
+                if peer_no_context_takeover(self.role, self.deflate) {
+                    // The next message starts from an empty window: keep no zlib state (about
+                    // 40 KiB) while the connection idles. RFC 7692 §7.2.2 allows exactly this.
+                    self.inflater = None;
+                }
             }
         } else {
             msg.data.extend_from_slice(&chunk);

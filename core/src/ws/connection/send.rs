@@ -7,6 +7,7 @@ use crate::ws::deflate::{DeflateParams, Deflater};
 use crate::ws::event::{Message, Outbound};
 use crate::ws::frame::{FrameHeader, MAX_HEADER_LEN, Opcode};
 use crate::ws::mask::apply_mask;
+use crate::ws::prepared::PreparedMessage;
 use crate::ws::transmit::Transmit;
 
 impl Connection {
@@ -21,22 +22,60 @@ impl Connection {
             Message::Ping(b) => (Opcode::Ping, b.slice(..b.len().min(125))),
             Message::Pong(b) => (Opcode::Pong, b.slice(..b.len().min(125))),
         };
-        let threshold = self.config.deflate.map_or(usize::MAX, |d| d.threshold_len);
         match self.deflate {
-            Some(params) if !opcode.is_control() && payload.len() >= threshold => {
+            Some(params) if self.is_worth_compressing(opcode, payload.len()) => {
                 let (level, bits, reset) = own_compression(
                     self.role,
                     &params,
                     self.config.deflate.map_or(1, |d| d.level),
                 );
-                let deflater = self
-                    .deflater
-                    .get_or_insert_with(|| Deflater::new(level, bits, reset));
-                let compressed = deflater.compress(&payload);
+                let compressed = if reset {
+                    // No context takeover on our side: a fresh compressor for each message,
+                    // dropped after it, so an idle connection holds no zlib state (a deflate
+                    // stream with a 15-bit window is about 270 KiB).
+                    Deflater::new(level, bits, true).compress(&payload)
+                } else {
+                    self.deflater
+                        .get_or_insert_with(|| Deflater::new(level, bits, false))
+                        .compress(&payload)
+                };
                 self.push_frame(opcode, true, Bytes::from(compressed), out);
             }
             _ => self.push_frame(opcode, false, payload, out),
         }
+    }
+
+    /// Sends a message that may come precompressed: the shared bytes when they fit what this
+    /// connection negotiated, else as [`Event::Send`](crate::ws::Event::Send) would.
+    pub(super) fn on_send_prepared(&mut self, prepared: PreparedMessage, out: &mut Vec<Outbound>) {
+        if self.phase != Phase::Open {
+            return;
+        }
+        let opcode = match prepared.message() {
+            Message::Text(_) => Opcode::Text,
+            Message::Binary(_) => Opcode::Binary,
+            Message::Ping(_) | Message::Pong(_) => Opcode::Ping, // never precompressed
+        };
+        let shared = match (self.deflate, prepared.deflated()) {
+            (Some(params), Some(bytes))
+                if prepared.fits(self.role, &params)
+                    && self.is_worth_compressing(opcode, prepared.message().len()) =>
+            {
+                Some(bytes.clone())
+            }
+            _ => None,
+        };
+        match shared {
+            Some(bytes) => self.push_frame(opcode, true, bytes, out),
+            None => self.on_send(prepared.into_message(), out),
+        }
+    }
+
+    /// Whether a message goes out compressed, once compression was agreed on: data messages
+    /// from `threshold_len` bytes up.
+    fn is_worth_compressing(&self, opcode: Opcode, len: usize) -> bool {
+        let threshold = self.config.deflate.map_or(usize::MAX, |d| d.threshold_len);
+        !opcode.is_control() && len >= threshold
     }
 
     /// Frames `payload` and queues it: the header inline, the payload as the caller's own

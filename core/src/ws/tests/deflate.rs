@@ -1,5 +1,7 @@
 //! permessage-deflate on the wire: the examples of RFC 7692 §7.2.3, received in both roles.
 
+use bytes::Bytes;
+
 use super::*;
 
 /// A server that negotiated permessage-deflate (context takeover both ways).
@@ -164,4 +166,121 @@ fn rfc7692_examples_split_across_fragments_and_reads() {
             "cut at {cut}"
         );
     }
+}
+
+// ---- prepared (broadcast) messages ----
+
+fn with_deflate() -> Config {
+    deflate_config(|_| {})
+}
+
+fn deflate_config(f: impl FnOnce(&mut DeflateConfig)) -> Config {
+    let mut d = DeflateConfig::default();
+    f(&mut d);
+    Config {
+        deflate: Some(d),
+        ..Config::default()
+    }
+}
+
+/// Sends `prepared` from the pair's server; returns the frame's body and what the client got.
+fn server_sends_prepared(p: &mut Pair, prepared: &PreparedMessage) -> (Bytes, Vec<Message>) {
+    let out = p.server.handle(Event::SendPrepared {
+        now_ms: p.now_ms,
+        message: prepared.clone(),
+    });
+    let [Outbound::Transmit(frame)] = &out[..] else {
+        panic!("{out:?}")
+    };
+    let body = frame.body().clone();
+    p.absorb(out, false);
+    p.drive();
+    (body, delivered(&mut p.client_got))
+}
+
+#[test]
+fn a_broadcast_is_compressed_once_and_its_frame_shared() {
+    let text = "the same news for everyone, compressed once. ".repeat(40);
+    let prepared = PreparedMessage::compressed(Message::text(text.clone()), 15, 1);
+    let shared = prepared.deflated().unwrap().clone();
+    assert!(shared.len() < text.len() / 4);
+
+    // Servers whose own side resets its window (the client asked, or the server insists).
+    let asked = || deflate_config(|d| d.server_no_context_takeover = true);
+    let insists = || deflate_config(|d| d.server_no_context_takeover = true);
+    let mut a = Pair::new(asked(), with_deflate());
+    let mut b = Pair::new(with_deflate(), insists());
+    for p in [&mut a, &mut b] {
+        p.client_got.clear();
+        let (body, got) = server_sends_prepared(p, &prepared);
+        assert_eq!(body.as_ptr(), shared.as_ptr(), "the very same bytes");
+        assert_eq!(got, [Message::text(text.clone())]);
+        // The connection still compresses its own messages, and decodes after the shared one.
+        p.server_sends(Message::text(text.clone()));
+        assert_eq!(delivered(&mut p.client_got), [Message::text(text.clone())]);
+    }
+}
+
+#[test]
+fn a_prepared_message_that_does_not_fit_is_compressed_or_sent_plain() {
+    let text = "a broadcast that some connections cannot take as it is. ".repeat(30);
+    let prepared = PreparedMessage::compressed(Message::text(text.clone()), 15, 1);
+    let shared = prepared.deflated().unwrap().clone();
+    let cases = [
+        // Context takeover: the shared bytes would desynchronise the server's own window.
+        ("context takeover", with_deflate(), true),
+        // A smaller window than the bytes were made with.
+        (
+            "9-bit window",
+            deflate_config(|d| {
+                d.server_no_context_takeover = true;
+                d.server_max_window_bits = 9;
+            }),
+            true,
+        ),
+        ("no compression", Config::default(), false),
+    ];
+    for (name, client_config, compressed) in cases {
+        let mut p = Pair::new(client_config, with_deflate());
+        p.client_got.clear();
+        for _ in 0..2 {
+            let (body, got) = server_sends_prepared(&mut p, &prepared);
+            assert_ne!(body.as_ptr(), shared.as_ptr(), "{name}");
+            assert_eq!(body.len() < text.len(), compressed, "{name}");
+            assert_eq!(got, [Message::text(text.clone())], "{name}");
+        }
+    }
+}
+
+#[test]
+fn a_client_sends_prepared_bytes_masked() {
+    let text = "from a client, compressed once. ".repeat(20);
+    let prepared = PreparedMessage::compressed(Message::binary(text.clone()), 15, 6);
+    let mut p = Pair::new(
+        deflate_config(|d| d.client_no_context_takeover = true),
+        with_deflate(),
+    );
+    p.server_got.clear();
+    let out = p.client.handle(Event::SendPrepared {
+        now_ms: p.now_ms,
+        message: prepared.clone(),
+    });
+    assert_eq!(transmits(&out)[0], 0xc2, "FIN, RSV1, binary");
+    p.absorb(out, true);
+    p.drive();
+    assert_eq!(
+        delivered(&mut p.server_got),
+        [Message::binary(text.into_bytes())]
+    );
+    // Pings are never compressed; small messages follow the threshold.
+    assert_eq!(
+        PreparedMessage::compressed(Message::Ping(Bytes::new()), 15, 1).deflated(),
+        None
+    );
+    let small = PreparedMessage::compressed(Message::text("hi"), 15, 1);
+    let out = p.client.handle(Event::SendPrepared {
+        now_ms: p.now_ms,
+        message: small,
+    });
+    assert_eq!(transmits(&out)[0], 0x81, "below threshold_len: plain");
 }

@@ -822,3 +822,8 @@ fn a_client_refuses_urls_that_would_inject_into_its_request() {
     };
     assert!(Connection::client(no_deflate(), request).is_err());
 }
+
+#[test]
+fn compression_is_off_by_default() {
+    assert_eq!(Config::default().deflate, None);
+}
