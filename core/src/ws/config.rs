@@ -31,11 +31,20 @@ pub struct Config {
     /// How long to wait for the peer's close frame (or, for a client, the server's hang-up)
     /// once a close frame was sent. Default 5,000 ms.
     pub close_timeout_ms: u64,
-    /// Close with 1001 when nothing arrives for this long. Default: none.
+    /// Close with 1001 when nothing arrives for this long, pings or not. Default: none (the
+    /// keep-alive below finds dead peers; this is for peers that must talk).
     pub idle_timeout_ms: Option<u64>,
-    /// Send a ping when nothing arrived for this long, so that an idle timeout on either side
-    /// only fires on a dead peer. Default: none.
+    /// Send a ping when nothing arrived for this long. Default 30,000 ms: browsers never ping,
+    /// so without it a half-open TCP connection (a peer that vanished without a FIN) would be
+    /// held forever; 30 s is Phoenix's heartbeat interval and passes the usual 60 s proxy idle
+    /// timeouts. Costs one 2-byte frame per quiet interval. `None`: no pings.
     pub ping_interval_ms: Option<u64>,
+    /// Once a keep-alive ping is out, how long to wait for anything at all from the peer (a
+    /// pong, or any frame) before taking it for dead: the connection then sends a 1001 (going
+    /// away) close frame, reports `Closed { code: 1001, reason: "pong timeout", clean: false }`
+    /// and disconnects without waiting for an answer. Default 30,000 ms, so a dead peer is
+    /// found within a minute of silence. `None`: keep pinging every `ping_interval_ms`.
+    pub pong_timeout_ms: Option<u64>,
     /// Server: report a GET that is not an upgrade as
     /// [`Outbound::HttpRequest`](super::Outbound::HttpRequest), so the application can serve a
     /// page next to its sockets. Default false: such a request is answered 400.
@@ -51,7 +60,8 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             close_timeout_ms: 5_000,
             idle_timeout_ms: None,
-            ping_interval_ms: None,
+            ping_interval_ms: Some(30_000),
+            pong_timeout_ms: Some(30_000),
             plain_http: false,
         }
     }
@@ -96,6 +106,7 @@ impl Config {
         for (field, ms) in [
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("ping_interval_ms", self.ping_interval_ms),
+            ("pong_timeout_ms", self.pong_timeout_ms),
         ] {
             if ms == Some(0) {
                 return Err(ConfigError::new(field, "must be positive, or None for off"));

@@ -440,6 +440,7 @@ fn idle_connections_are_pinged_then_closed() {
     let config = Config {
         idle_timeout_ms: Some(1000),
         ping_interval_ms: Some(400),
+        pong_timeout_ms: None, // keep pinging; the idle timeout decides
         ..no_deflate()
     };
     let mut ws = open_server(config);
@@ -466,6 +467,85 @@ fn time_going_backwards_counts_as_the_last_time_seen() {
     receive(&mut ws, 500, client_frame(10, b""));
     receive(&mut ws, 100, client_frame(10, b""));
     assert_eq!(ws.next_deadline(), Some(1500));
+}
+
+#[test]
+fn a_server_finds_a_dead_peer_with_the_default_config() {
+    let defaults = Config::default();
+    assert_eq!(defaults.ping_interval_ms, Some(30_000));
+    let mut ws = open_server(no_deflate()); // opened at now_ms = 0
+    assert_eq!(ws.next_deadline(), Some(30_000));
+    assert_eq!(ws.handle(Event::Tick { now_ms: 29_999 }), []);
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 30_000 })),
+        [0x89, 0],
+        "a ping after 30 s of silence"
+    );
+    // No answer: the pong deadline is 30 s after the ping; a tick before it does nothing.
+    assert_eq!(ws.next_deadline(), Some(60_000));
+    assert_eq!(ws.handle(Event::Tick { now_ms: 59_999 }), []);
+    let out = ws.handle(Event::Tick { now_ms: 60_000 });
+    assert_eq!(
+        &transmits(&out)[..4],
+        &[0x88, 14, 0x03, 0xe9],
+        "close frame 1001 \"pong timeout\""
+    );
+    assert_eq!(
+        closed(&out),
+        Some(&CloseInfo {
+            code: 1001,
+            reason: "pong timeout".into(),
+            clean: false,
+            initiator: Initiator::Local,
+        })
+    );
+    assert_eq!(
+        out.last(),
+        Some(&Outbound::Disconnect),
+        "no wait for a dead peer"
+    );
+    assert!(ws.is_done());
+    assert_eq!(ws.next_deadline(), None);
+}
+
+#[test]
+fn an_answered_ping_rearms_the_interval() {
+    let mut ws = open_server(no_deflate());
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 30_000 })),
+        [0x89, 0]
+    );
+    // The pong (or any frame) at 45 s answers it; the next ping is due 30 s later.
+    assert_eq!(
+        receive(&mut ws, 45_000, client_frame(10, b"")),
+        [Outbound::Deliver(Message::Pong(Bytes::new()))]
+    );
+    assert_eq!(ws.next_deadline(), Some(75_000));
+    assert_eq!(
+        ws.handle(Event::Tick { now_ms: 60_000 }),
+        [],
+        "the old pong deadline is gone"
+    );
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 75_000 })),
+        [0x89, 0]
+    );
+    // Any data answers too, even arriving in the same millisecond as the ping.
+    receive(&mut ws, 75_000, client_frame(1, b"still here"));
+    assert_eq!(ws.next_deadline(), Some(105_000));
+    // A client pings and gives up the same way.
+    let mut p = Pair::new(no_deflate(), no_deflate());
+    let opened_at = p.now_ms;
+    assert_eq!(p.client.next_deadline(), Some(opened_at + 30_000));
+    let out = p.client.handle(Event::Tick {
+        now_ms: opened_at + 30_000,
+    });
+    assert_eq!(transmits(&out)[..2], [0x89, 0x80], "a masked ping");
+    let out = p.client.handle(Event::Tick {
+        now_ms: opened_at + 60_000,
+    });
+    assert_eq!(closed(&out).map(|c| c.code), Some(1001));
+    assert_eq!(out.last(), Some(&Outbound::Disconnect));
 }
 
 // ---- both ends together ----
