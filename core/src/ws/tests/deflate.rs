@@ -204,6 +204,13 @@ fn a_broadcast_is_compressed_once_and_its_frame_shared() {
     let prepared = PreparedMessage::compressed(Message::text(text.clone()), 15, 1);
     let shared = prepared.deflated().unwrap().clone();
     assert!(shared.len() < text.len() / 4);
+    // Like every event, it goes into an event log and comes back the same.
+    let event = Event::SendPrepared {
+        now_ms: 1,
+        message: prepared.clone(),
+    };
+    let line = serde_json::to_string(&event).unwrap();
+    assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
 
     // Servers whose own side resets its window (the client asked, or the server insists).
     let asked = || deflate_config(|d| d.server_no_context_takeover = true);
