@@ -1,5 +1,7 @@
 //! Bodies of the cargo-fuzz targets in `fuzz/`, kept here so that `cargo test` can replay their
-//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API.
+//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API: compiled
+//! only with the `fuzzing` feature, which `fuzz/Cargo.toml` and spool-core's own
+//! dev-dependency on itself turn on.
 
 use bytes::Bytes;
 
@@ -51,7 +53,8 @@ fn check(out: &[Outbound], closed: &mut bool, disconnected: &mut bool) {
 }
 
 /// Frames into an open server connection. The first byte picks the configuration (compression
-/// on or off, small limits or default ones) so the fuzzer reaches the inflater and the limits.
+/// on or off, small, default or the largest limits) so the fuzzer reaches the inflater and the
+/// limits.
 pub fn ws_frames(data: &[u8]) {
     let Some((&flags, data)) = data.split_first() else {
         return;
@@ -68,6 +71,11 @@ pub fn ws_frames(data: &[u8]) {
     if flags & 2 != 0 {
         config.limits.max_frame_len = 64;
         config.limits.max_message_len = 256;
+    } else if flags & 8 != 0 {
+        // The largest limits Config::validate accepts: arithmetic on peer-chosen lengths
+        // meets them, and must not overflow (the fuzz build checks overflow).
+        config.limits.max_frame_len = isize::MAX as usize;
+        config.limits.max_message_len = isize::MAX as usize;
     }
     let Ok(mut ws) = Connection::server(config) else {
         return;
@@ -93,7 +101,11 @@ pub fn ws_frames(data: &[u8]) {
 
 /// Arbitrary bytes as an upgrade request.
 pub fn ws_server_handshake(data: &[u8]) {
-    let Ok(mut ws) = Connection::server(Config::default()) else {
+    let config = Config {
+        deflate: Some(DeflateConfig::default()), // so that offers are negotiated
+        ..Config::default()
+    };
+    let Ok(mut ws) = Connection::server(config) else {
         return;
     };
     let (mut closed, mut disconnected) = (false, false);
@@ -125,6 +137,7 @@ pub fn ws_client_handshake(data: &[u8]) {
     };
     let config = Config {
         protocols: vec!["chat".into()],
+        deflate: Some(DeflateConfig::default()), // so that answers are checked
         ..Config::default()
     };
     let Ok(mut ws) = Connection::client(config, request) else {

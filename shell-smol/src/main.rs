@@ -93,13 +93,13 @@ struct EchoArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Turn permessage-deflate off.
+    /// Turn permessage-deflate off (the echo server accepts it otherwise).
     #[arg(long)]
     no_deflate: bool,
     /// Write each connection's event log to DIR/N.jsonl, N counting connections.
     #[arg(long, value_name = "DIR")]
     record: Option<PathBuf>,
-    /// Ping a connection when nothing arrived from it for this long [default: never].
+    /// Ping a connection when nothing arrived from it for this long [default: 30,000].
     #[arg(long, value_name = "MS")]
     ping_interval_ms: Option<u64>,
     #[command(flatten)]
@@ -457,11 +457,15 @@ impl Handler for Echo {
 
 fn echo(command: &str, args: EchoArgs) -> Result<(), String> {
     let signals = stop_signals()?;
-    let mut config = ws::Config::default();
-    if args.no_deflate {
-        config.deflate = None;
+    // The echo server accepts permessage-deflate unless told not to (Autobahn's 12.* and 13.*
+    // need it), although a server's default is off.
+    let mut config = ws::Config {
+        deflate: (!args.no_deflate).then(ws::DeflateConfig::default),
+        ..ws::Config::default()
+    };
+    if let Some(ms) = args.ping_interval_ms {
+        config.ping_interval_ms = Some(ms);
     }
-    config.ping_interval_ms = args.ping_interval_ms;
     let bind = join_host_port(&args.host, args.port);
     if let Some(dir) = &args.record {
         // Made here too, not only by the server, so that the error names the directory.
@@ -575,9 +579,14 @@ async fn case_count(base: &str) -> Result<usize, String> {
     }
 }
 
-/// Echoes every text and binary message until the connection ends.
+/// Echoes every text and binary message until the connection ends. Offers permessage-deflate
+/// (off in the default config), so that Autobahn's 12.* and 13.* cases run.
 async fn run_case(url: &str) -> Result<(), ClientError> {
-    let mut client = Client::connect(url, ws::Config::default()).await?;
+    let config = ws::Config {
+        deflate: Some(ws::DeflateConfig::default()),
+        ..ws::Config::default()
+    };
+    let mut client = Client::connect(url, config).await?;
     loop {
         match client.recv().await {
             Ok(message @ (ws::Message::Text(_) | ws::Message::Binary(_))) => {

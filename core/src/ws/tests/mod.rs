@@ -5,6 +5,8 @@ use bytes::Bytes;
 
 use super::*;
 
+mod deflate;
+
 const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
 fn request_with(extra: &str) -> String {
@@ -320,6 +322,47 @@ fn size_limits_close_with_1009_from_the_header() {
     assert_fails_with(&receive(&mut ws, 1, wire), 1009);
 }
 
+#[test]
+fn config_refuses_limits_no_buffer_can_reach() {
+    let config = Config {
+        limits: Limits {
+            max_message_len: usize::MAX,
+            ..Limits::default()
+        },
+        ..Config::default()
+    };
+    assert!(config.validate().is_err());
+    assert!(Connection::server(config).is_err());
+    // The largest that can work is accepted; so are the defaults.
+    let largest = Config {
+        limits: Limits {
+            max_handshake_len: isize::MAX as usize,
+            max_frame_len: isize::MAX as usize,
+            max_message_len: isize::MAX as usize,
+        },
+        ..Config::default()
+    };
+    assert_eq!(largest.validate(), Ok(()));
+    assert_eq!(Config::default().validate(), Ok(()));
+    // Timers that would fire at once, forever.
+    for config in [
+        Config {
+            ping_interval_ms: Some(0),
+            ..Config::default()
+        },
+        Config {
+            idle_timeout_ms: Some(0),
+            ..Config::default()
+        },
+        Config {
+            handshake_timeout_ms: 0,
+            ..Config::default()
+        },
+    ] {
+        assert!(config.validate().is_err(), "{config:?}");
+    }
+}
+
 // ---- close handshake ----
 
 #[test]
@@ -397,6 +440,7 @@ fn idle_connections_are_pinged_then_closed() {
     let config = Config {
         idle_timeout_ms: Some(1000),
         ping_interval_ms: Some(400),
+        pong_timeout_ms: None, // keep pinging; the idle timeout decides
         ..no_deflate()
     };
     let mut ws = open_server(config);
@@ -423,6 +467,85 @@ fn time_going_backwards_counts_as_the_last_time_seen() {
     receive(&mut ws, 500, client_frame(10, b""));
     receive(&mut ws, 100, client_frame(10, b""));
     assert_eq!(ws.next_deadline(), Some(1500));
+}
+
+#[test]
+fn a_server_finds_a_dead_peer_with_the_default_config() {
+    let defaults = Config::default();
+    assert_eq!(defaults.ping_interval_ms, Some(30_000));
+    let mut ws = open_server(no_deflate()); // opened at now_ms = 0
+    assert_eq!(ws.next_deadline(), Some(30_000));
+    assert_eq!(ws.handle(Event::Tick { now_ms: 29_999 }), []);
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 30_000 })),
+        [0x89, 0],
+        "a ping after 30 s of silence"
+    );
+    // No answer: the pong deadline is 30 s after the ping; a tick before it does nothing.
+    assert_eq!(ws.next_deadline(), Some(60_000));
+    assert_eq!(ws.handle(Event::Tick { now_ms: 59_999 }), []);
+    let out = ws.handle(Event::Tick { now_ms: 60_000 });
+    assert_eq!(
+        &transmits(&out)[..4],
+        &[0x88, 14, 0x03, 0xe9],
+        "close frame 1001 \"pong timeout\""
+    );
+    assert_eq!(
+        closed(&out),
+        Some(&CloseInfo {
+            code: 1001,
+            reason: "pong timeout".into(),
+            clean: false,
+            initiator: Initiator::Local,
+        })
+    );
+    assert_eq!(
+        out.last(),
+        Some(&Outbound::Disconnect),
+        "no wait for a dead peer"
+    );
+    assert!(ws.is_done());
+    assert_eq!(ws.next_deadline(), None);
+}
+
+#[test]
+fn an_answered_ping_rearms_the_interval() {
+    let mut ws = open_server(no_deflate());
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 30_000 })),
+        [0x89, 0]
+    );
+    // The pong (or any frame) at 45 s answers it; the next ping is due 30 s later.
+    assert_eq!(
+        receive(&mut ws, 45_000, client_frame(10, b"")),
+        [Outbound::Deliver(Message::Pong(Bytes::new()))]
+    );
+    assert_eq!(ws.next_deadline(), Some(75_000));
+    assert_eq!(
+        ws.handle(Event::Tick { now_ms: 60_000 }),
+        [],
+        "the old pong deadline is gone"
+    );
+    assert_eq!(
+        transmits(&ws.handle(Event::Tick { now_ms: 75_000 })),
+        [0x89, 0]
+    );
+    // Any data answers too, even arriving in the same millisecond as the ping.
+    receive(&mut ws, 75_000, client_frame(1, b"still here"));
+    assert_eq!(ws.next_deadline(), Some(105_000));
+    // A client pings and gives up the same way.
+    let mut p = Pair::new(no_deflate(), no_deflate());
+    let opened_at = p.now_ms;
+    assert_eq!(p.client.next_deadline(), Some(opened_at + 30_000));
+    let out = p.client.handle(Event::Tick {
+        now_ms: opened_at + 30_000,
+    });
+    assert_eq!(transmits(&out)[..2], [0x89, 0x80], "a masked ping");
+    let out = p.client.handle(Event::Tick {
+        now_ms: opened_at + 60_000,
+    });
+    assert_eq!(closed(&out).map(|c| c.code), Some(1001));
+    assert_eq!(out.last(), Some(&Outbound::Disconnect));
 }
 
 // ---- both ends together ----
@@ -728,4 +851,59 @@ fn plain_http_requests_go_to_the_application_when_asked() {
         "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 9\r\nConnection: close\r\n\r\n<p>hi</p>"
     );
     assert_eq!(out.last(), Some(&Outbound::Disconnect));
+}
+
+#[test]
+fn the_outcome_does_not_depend_on_what_the_callers_vector_held() {
+    // A bad frame alone in a read fails at once, whatever the caller left in its vector:
+    // a stale Deliver from an earlier call must not postpone the failure.
+    let bad = test_frame(true, true, 1, b"bad", M);
+    let mut fresh = open_server(no_deflate());
+    let expected = receive(&mut fresh, 5, bad.clone());
+    assert_fails_with(&expected, 1002);
+
+    let mut ws = open_server(no_deflate());
+    let stale = vec![
+        Outbound::Deliver(Message::text("left over")),
+        Outbound::Transmit(Transmit::from(vec![1, 2, 3])),
+    ];
+    let mut out = stale.clone();
+    ws.handle_into(
+        Event::Receive {
+            now_ms: 5,
+            bytes: bad,
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..stale.len()], &stale[..], "the caller's entries stay");
+    assert_eq!(&out[stale.len()..], &expected[..]);
+    assert_eq!(ws.next_deadline(), None, "nothing deferred");
+}
+
+#[test]
+fn a_client_refuses_urls_that_would_inject_into_its_request() {
+    for bad in [
+        "ws://h/a b",
+        "ws://h/x\r\nX-Evil: 1",
+        "ws://h\r\nX-Evil: 1/",
+    ] {
+        assert!(Url::parse(bad).is_err(), "{bad:?}");
+    }
+    let request = ClientRequest {
+        url: Url {
+            secure: false,
+            host: "h".into(),
+            port: 80,
+            target: "/ HTTP/1.1\r\nX-Evil: 1\r\n".into(),
+        },
+        key: [1; 16],
+        mask_seed: 1,
+        headers: vec![],
+    };
+    assert!(Connection::client(no_deflate(), request).is_err());
+}
+
+#[test]
+fn compression_is_off_by_default() {
+    assert_eq!(Config::default().deflate, None);
 }
