@@ -4,8 +4,13 @@
 //! pushing `ping` (the frame decoded, the handler run, its reply encoded), and the time of one
 //! broadcast to the 10,000 subscribers of a topic with its deliveries per second. The aim for
 //! the broadcast is under 1 ms of core time; the shell's writes are not counted.
+//!
+//! It also prints the time to disconnect, one by one in join order, all 100,000 subscribers of
+//! one topic (a reconnect storm): a single timed run, since the setup dwarfs the work. The aim
+//! is under 100 ms in total.
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::{Value, json};
@@ -95,5 +100,30 @@ fn broadcast(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, push_and_reply, broadcast);
+/// Not a criterion benchmark: one run, timed and printed (criterion would repeat the 100,000
+/// joins of the setup for every sample).
+fn disconnect_storm(_c: &mut Criterion) {
+    const N: u64 = 100_000;
+    let mut rt = runtime();
+    for client in 0..N {
+        join(&mut rt, client, "room:storm");
+    }
+    assert_eq!(rt.subscribers("room:storm").len() as u64, N);
+    let started = Instant::now();
+    for client in 0..N {
+        black_box(rt.handle(Event::Disconnect {
+            now_ms: 1,
+            client_id: ClientId(client),
+        }));
+    }
+    let took = started.elapsed();
+    assert_eq!(rt.membership_count(), 0);
+    println!(
+        "disconnect 100,000 subscribers of one topic one by one: {:.1} ms in total, {} ns each",
+        took.as_secs_f64() * 1e3,
+        took.as_nanos() / u128::from(N)
+    );
+}
+
+criterion_group!(benches, push_and_reply, broadcast, disconnect_storm);
 criterion_main!(benches);
