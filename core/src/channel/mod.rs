@@ -16,6 +16,7 @@ mod outbox;
 pub mod protocol;
 mod router;
 mod runtime;
+mod subscribers;
 
 pub use config::Config;
 pub use event::{ClientId, Event, Frame, Outbound, Payload, Recipients};

@@ -77,12 +77,7 @@ impl Runtime {
         let route = self.router.find(topic);
         let handler = route.and_then(|r| self.router.handler(r)).cloned();
         if let Some(handler) = handler.filter(|h| h.intercepts().contains(&event)) {
-            let recipients: Vec<ClientId> = subs
-                .list
-                .iter()
-                .copied()
-                .filter(|c| Some(*c) != except)
-                .collect();
+            let recipients: Vec<ClientId> = subs.iter().filter(|c| Some(*c) != except).collect();
             for client in recipients {
                 let Some(m) = self.membership_mut(client, topic) else {
                     continue;
@@ -95,10 +90,7 @@ impl Runtime {
             }
             return;
         }
-        let recipients: Vec<ClientId> = match except {
-            None => subs.list.clone(),
-            Some(x) => subs.list.iter().copied().filter(|c| *c != x).collect(),
-        };
+        let recipients = subs.recipients(except);
         if recipients.is_empty() {
             return;
         }
@@ -117,7 +109,10 @@ impl Runtime {
         if diff.is_empty() {
             return;
         }
-        let recipients = self.subscribers(topic);
+        let recipients = match self.topics.get(topic) {
+            Some(subs) => subs.recipients(None),
+            None => return,
+        };
         if recipients.is_empty() {
             return;
         }

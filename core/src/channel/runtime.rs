@@ -2,8 +2,9 @@
 //! presence, in one deterministic state machine.
 //!
 //! Costs: finding a topic's subscribers or a socket's channels is a hash lookup (a socket's
-//! channels are a short list, at most `max_channels_per_socket`); a broadcast encodes its frame
-//! once and copies the subscriber list once, whatever the number of subscribers.
+//! channels are a short list, at most `max_channels_per_socket`); joining and leaving a topic
+//! are O(1) (amortised: see `subscribers.rs`); a broadcast encodes its frame once and
+//! copies the subscriber list once, whatever the number of subscribers.
 
 use serde_json::{Map, Value, json};
 
@@ -11,6 +12,7 @@ use super::config::Config;
 use super::event::{ClientId, Event, Frame, Outbound, Payload};
 use super::protocol::{self, Message};
 use super::router::{HandleIn, Router, Socket, SocketAction};
+use super::subscribers::Subscribers;
 use crate::hash::{HashMap, new_map};
 use crate::presence::{self, Diff, Tracker};
 
@@ -35,13 +37,6 @@ pub(super) struct Membership {
     pub(super) socket: Socket,
     /// Presence keys this channel tracks, so they leave with it.
     pub(super) presence_keys: Vec<String>,
-}
-
-/// A topic's subscribers in subscription order, with their positions for O(1) removal.
-#[derive(Debug)]
-pub(super) struct Subscribers {
-    pub(super) list: Vec<ClientId>,
-    pub(super) position: HashMap<ClientId, usize>,
 }
 
 /// The channel runtime. Feed it [`Event`]s; deliver its [`Outbound`]s.
@@ -123,7 +118,7 @@ impl Runtime {
     pub fn subscribers(&self, topic: &str) -> Vec<ClientId> {
         self.topics
             .get(topic)
-            .map(|s| s.list.clone())
+            .map(|s| s.iter().collect())
             .unwrap_or_default()
     }
 
@@ -504,15 +499,11 @@ impl Runtime {
     }
 
     fn on_disconnect(&mut self, client: ClientId) {
-        let topics: Vec<String> = self
-            .clients
-            .get(&client)
-            .map(|ms| ms.iter().map(|m| m.socket.topic().to_string()).collect())
-            .unwrap_or_default();
-        for topic in topics {
-            self.end_membership(client, &topic, "disconnected");
+        // A channel's terminate and presence diff reach only its own topic, which the client
+        // has left by then, so its other channels may go first.
+        for m in self.clients.remove(&client).unwrap_or_default() {
+            self.close_membership(client, m, "disconnected");
         }
-        self.clients.remove(&client);
     }
 
     fn crash_channel(&mut self, client: ClientId, topic: &str, reason: &str) {
@@ -606,9 +597,14 @@ impl Runtime {
         let Some(i) = list.iter().position(|m| m.socket.topic() == topic) else {
             return;
         };
-        let mut m = list.remove(i);
+        let m = list.remove(i);
+        self.close_membership(client, m, reason);
+    }
+
+    /// Ends a channel already taken from its socket's list.
+    fn close_membership(&mut self, client: ClientId, mut m: Membership, reason: &str) {
         self.memberships -= 1;
-        self.unsubscribe(client, topic);
+        self.unsubscribe(client, m.socket.topic());
         if let Some(handler) = self.router.handler(m.route).cloned() {
             handler.terminate(reason, &mut m.socket);
             // The channel is gone: of what terminate asks, only broadcasts still make sense.
@@ -619,10 +615,12 @@ impl Runtime {
                     include_self,
                 } = action
                 {
-                    self.broadcast(topic, &event, &payload, (!include_self).then_some(client));
+                    let except = (!include_self).then_some(client);
+                    self.broadcast(m.socket.topic(), &event, &payload, except);
                 }
             }
         }
+        let topic = m.socket.topic();
         let mut diff = Diff::default();
         for key in &m.presence_keys {
             let d = self.presence.untrack(topic, client, key);
@@ -635,33 +633,18 @@ impl Runtime {
 
     fn subscribe(&mut self, client: ClientId, topic: &str) {
         let seed = self.config.hash_seed;
-        let subs = self
-            .topics
+        self.topics
             .entry(topic.to_string())
-            .or_insert_with(|| Subscribers {
-                list: Vec::new(),
-                position: new_map(seed),
-            });
-        if !subs.position.contains_key(&client) {
-            subs.position.insert(client, subs.list.len());
-            subs.list.push(client);
-        }
+            .or_insert_with(|| Subscribers::new(seed))
+            .insert(client);
     }
 
     fn unsubscribe(&mut self, client: ClientId, topic: &str) {
         let Some(subs) = self.topics.get_mut(topic) else {
             return;
         };
-        let Some(i) = subs.position.remove(&client) else {
-            return;
-        };
-        // Keep subscription order: shift the later ones down. Removal is O(n) in the topic
-        // size but runs once per leave, never per message.
-        subs.list.remove(i);
-        for (j, c) in subs.list.iter().enumerate().skip(i) {
-            subs.position.insert(*c, j);
-        }
-        if subs.list.is_empty() {
+        subs.remove(client);
+        if subs.is_empty() {
             self.topics.remove(topic);
         }
     }
