@@ -35,7 +35,7 @@ impl ChannelHandler for Room {
 }
 
 fn runtime() -> Runtime {
-    Runtime::new_single_node(Router::new().route("room:*", Room), Config::default())
+    Runtime::new_single_node(Router::new().route("room:*", Room), Config::with_seed(1))
 }
 
 fn join(rt: &mut Runtime, client: u64, topic: &str) {

@@ -331,7 +331,7 @@ pub fn channel_decode(data: &[u8]) {
     if let Ok(text) = Text::from_utf8(bytes) {
         frames.push(Frame::Text(text));
     }
-    let mut rt = Runtime::new_single_node(fuzz_router(), channel::Config::default());
+    let mut rt = Runtime::new_single_node(fuzz_router(), channel::Config::with_seed(0));
     for (client, join) in [
         (1, r#"["1","1","room:lobby","phx_join",{"user":"a"}]"#),
         (2, r#"["1","1","room:lobby","phx_join",{"user":"b"}]"#),
@@ -498,7 +498,7 @@ fn check_state(rt: &Runtime, topics: &BTreeSet<String>, connected: &BTreeSet<Cli
 pub fn channel_events(data: &[u8]) {
     let mut input = Input(data);
     let flags = input.byte();
-    let mut config = channel::Config::default();
+    let mut config = channel::Config::with_seed(0);
     if flags & 1 != 0 {
         config.max_channels_per_socket = 2;
     }

@@ -13,7 +13,7 @@ use spool_core::channel::{ClientId, Config, Event, Frame, Runtime, demo};
 fn disconnect_all(n: u64, runs: usize) -> Duration {
     (0..runs)
         .map(|_| {
-            let mut rt = Runtime::new_single_node(demo::router(), Config::default());
+            let mut rt = Runtime::new_single_node(demo::router(), Config::with_seed(1));
             for c in 0..n {
                 rt.handle(Event::Receive {
                     now_ms: 0,

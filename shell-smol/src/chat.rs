@@ -53,8 +53,7 @@ impl ChatServer {
 pub fn serve(options: ChatOptions) -> Result<ChatServer, StartError> {
     let config = channel::Config {
         node: format!("spool{}", std::process::id()),
-        hash_seed: random_seed(),
-        ..channel::Config::default()
+        ..channel::Config::with_seed(spool_std::channels::hash_seed())
     };
     let runtime = Runtime::new_single_node(router(), config);
     let hub = Arc::new(Hub::start(runtime, APP, options.record).map_err(StartError::SystemError)?);
@@ -72,12 +71,4 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, StartError> {
         .config(ChannelSocket::ws_config())
         .start()?;
     Ok(ChatServer { server, _hub: hub })
-}
-
-/// A seed for the runtime's hash maps, from the OS's per-process hasher keys.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }

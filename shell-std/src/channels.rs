@@ -21,6 +21,14 @@ use spool_core::ws::{CloseInfo, Message, Request};
 
 use crate::handler::{Conn, Handler, HttpResponse, Incoming, Mailbox, Next, Rejection};
 
+/// A seed for [`channel::Config::with_seed`], from the OS: the runtime's hash maps are keyed
+/// by topics and presence keys that peers choose, so the seed must be one they cannot guess.
+pub fn hash_seed() -> u64 {
+    let mut seed = [0; 8];
+    crate::random::fill(&mut seed);
+    u64::from_le_bytes(seed)
+}
+
 /// What the hub sends a socket.
 #[derive(Clone, Debug)]
 pub enum ToSocket {

@@ -47,7 +47,9 @@ pub(super) struct Membership {
 /// struct Lobby;
 /// impl ChannelHandler for Lobby {}
 ///
-/// let mut rt = Runtime::new_single_node(Router::new().route("room:*", Lobby), Config::default());
+/// // A server draws the seed from the OS; a test picks any.
+/// let config = Config::with_seed(1);
+/// let mut rt = Runtime::new_single_node(Router::new().route("room:*", Lobby), config);
 /// let join = r#"["1","1","room:lobby","phx_join",{}]"#;
 /// let out = rt.handle(Event::Receive { now_ms: 0, client_id: ClientId(7), frame: Frame::Text(join.into()) });
 /// assert!(matches!(&out[0], Outbound::Reply { status, .. } if status == "ok"));

@@ -28,7 +28,7 @@ impl ChannelHandler for Room {
 }
 
 fn runtime() -> Runtime {
-    Runtime::new_single_node(Router::new().route("room:*", Room), Config::default())
+    Runtime::new_single_node(Router::new().route("room:*", Room), Config::with_seed(1))
 }
 
 fn send(rt: &mut Runtime, client: u64, text: &str) -> Vec<Outbound> {
@@ -245,7 +245,7 @@ fn refused_joins_and_the_channel_limit() {
         Router::new().route("room:*", Room),
         Config {
             max_channels_per_socket: 2,
-            ..Config::default()
+            ..Config::with_seed(1)
         },
     );
     assert_eq!(
@@ -308,7 +308,7 @@ fn binary_pushes_get_binary_replies() {
             HandleIn::ok(payload.clone())
         }
     }
-    let mut rt = Runtime::new_single_node(Router::new().route("bin", Echo), Config::default());
+    let mut rt = Runtime::new_single_node(Router::new().route("bin", Echo), Config::with_seed(1));
     send(&mut rt, 1, r#"["1","1","bin","phx_join",{}]"#);
     let push = bytes::Bytes::from_static(b"\x00\x01\x01\x03\x02" as &[u8]);
     let mut wire = push.to_vec();
@@ -346,7 +346,7 @@ fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
             (socket.client_id() != ClientId(2)).then(|| payload.clone())
         }
     }
-    let mut rt = Runtime::new_single_node(Router::new().route("t", Filter), Config::default());
+    let mut rt = Runtime::new_single_node(Router::new().route("t", Filter), Config::with_seed(1));
     for c in 1..=3 {
         send(&mut rt, c, r#"["1","1","t","phx_join",{}]"#);
     }
@@ -368,7 +368,7 @@ fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
 
 #[test]
 fn labels_and_adapters() {
-    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::default());
+    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::with_seed(1));
     assert_eq!(rt.adapter_label(), "cluster_ready:n1@prod");
     assert_eq!(runtime().adapter_label(), "single_node");
     assert_eq!(
@@ -381,4 +381,14 @@ fn labels_and_adapters() {
         }),
         "system"
     );
+}
+
+#[test]
+fn a_config_names_its_hash_seed() {
+    assert!(
+        serde_json::from_str::<Config>(r#"{"node":"n"}"#).is_err(),
+        "a config without a seed is refused, not seeded with 0"
+    );
+    let logged: Config = serde_json::from_str(r#"{"hash_seed":42}"#).unwrap();
+    assert_eq!((logged.hash_seed, logged.max_topic_len), (42, 255));
 }
