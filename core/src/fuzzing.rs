@@ -627,24 +627,14 @@ pub fn channel_events(data: &[u8]) {
                 let b = input.byte();
                 let params = json!({ "user": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] });
                 let msg_ref = Some(msg_ref);
-                let event = if b & 0x80 == 0 {
-                    channel::Event::Join {
-                        now_ms,
-                        client_id: c,
-                        topic: topic.into(),
-                        join_ref,
-                        msg_ref,
-                        params,
-                    }
-                } else {
-                    channel::Event::Rejoin {
-                        now_ms,
-                        client_id: c,
-                        topic: topic.into(),
-                        join_ref,
-                        msg_ref,
-                        params,
-                    }
+                // A rejoin is a join (phoenix.js sends phx_join both times).
+                let event = channel::Event::Join {
+                    now_ms,
+                    client_id: c,
+                    topic: topic.into(),
+                    join_ref,
+                    msg_ref,
+                    params,
                 };
                 (Some(c), event)
             }

@@ -83,7 +83,9 @@ pub enum Event {
         /// The socket.
         client_id: ClientId,
     },
-    /// A client joins a topic.
+    /// A client joins a topic, or joins it again (phoenix.js's rejoin after an error is the
+    /// same `phx_join`; logs from before the two were one may say `rejoin`).
+    #[serde(alias = "rejoin")]
     Join {
         /// The shell's clock.
         now_ms: u64,
@@ -94,22 +96,6 @@ pub enum Event {
         /// The join's reference; later messages on this channel carry it.
         join_ref: String,
         /// The message reference to reply to (phoenix.js uses `join_ref`).
-        #[serde(rename = "ref")]
-        msg_ref: Option<String>,
-        /// The join parameters.
-        params: Value,
-    },
-    /// A client joins a topic again after an error (phoenix.js's rejoin); handled as a join.
-    Rejoin {
-        /// The shell's clock.
-        now_ms: u64,
-        /// The socket.
-        client_id: ClientId,
-        /// The topic.
-        topic: String,
-        /// The new join's reference.
-        join_ref: String,
-        /// The message reference to reply to.
         #[serde(rename = "ref")]
         msg_ref: Option<String>,
         /// The join parameters.
@@ -186,7 +172,6 @@ impl Event {
             | Event::Receive { now_ms, .. }
             | Event::Disconnect { now_ms, .. }
             | Event::Join { now_ms, .. }
-            | Event::Rejoin { now_ms, .. }
             | Event::Leave { now_ms, .. }
             | Event::Push { now_ms, .. }
             | Event::Broadcast { now_ms, .. }

@@ -151,7 +151,6 @@ impl Runtime {
             Event::Receive { .. } => "receive",
             Event::Disconnect { .. } => "disconnect",
             Event::Join { .. } => "join",
-            Event::Rejoin { .. } => "rejoin",
             Event::Leave { .. } => "leave",
             Event::Push { .. } => "push",
             Event::Broadcast { .. } => "broadcast",
@@ -191,14 +190,6 @@ impl Runtime {
             } => self.on_frame(client_id, &frame),
             Event::Disconnect { client_id, .. } => self.on_disconnect(client_id),
             Event::Join {
-                client_id,
-                topic,
-                join_ref,
-                msg_ref,
-                params,
-                ..
-            }
-            | Event::Rejoin {
                 client_id,
                 topic,
                 join_ref,

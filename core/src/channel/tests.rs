@@ -392,3 +392,10 @@ fn a_config_names_its_hash_seed() {
     let logged: Config = serde_json::from_str(r#"{"hash_seed":42}"#).unwrap();
     assert_eq!((logged.hash_seed, logged.max_topic_len), (42, 255));
 }
+
+#[test]
+fn a_logged_rejoin_is_a_join() {
+    let line = r#"{"type":"rejoin","now_ms":1,"client_id":1,"topic":"room:a","join_ref":"2","ref":"2","params":{}}"#;
+    let event: Event = serde_json::from_str(line).unwrap();
+    assert!(matches!(event, Event::Join { .. }), "{event:?}");
+}
