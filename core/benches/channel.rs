@@ -28,7 +28,7 @@ struct Room;
 impl ChannelHandler for Room {
     fn handle_in(&self, event: &str, payload: &Payload, _socket: &mut Socket) -> HandleIn {
         match event {
-            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
+            "ping" => HandleIn::ok(json!({"pong": payload.to_value().unwrap_or(Value::Null)})),
             _ => HandleIn::NoReply,
         }
     }
@@ -79,7 +79,7 @@ fn broadcast(c: &mut Criterion) {
         join(&mut rt, client, "room:big");
     }
     assert_eq!(rt.subscribers("room:big").len() as u64, SUBSCRIBERS);
-    let payload = Payload::Json(json!({"body": "hi"}));
+    let payload = Payload::from(json!({"body": "hi"}));
     let mut group = c.benchmark_group("broadcast to 10,000 subscribers");
     group.throughput(Throughput::Elements(SUBSCRIBERS));
     for (name, except) in [("to all", None), ("from one", Some(ClientId(5_000)))] {

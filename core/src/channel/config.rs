@@ -13,6 +13,11 @@ pub struct Config {
     /// Default 100, Phoenix's `max_channels_per_transport`.
     #[serde(default = "default::max_channels_per_socket")]
     pub max_channels_per_socket: usize,
+    /// The longest message a client may send, in bytes (the frame's payload): past it, the
+    /// socket is closed with 1009 before anything is parsed. Default 1 MiB. Handling a message
+    /// holds at most about twice its length (the frame, and the frame a handler makes of it).
+    #[serde(default = "default::max_message_len")]
+    pub max_message_len: usize,
     /// The longest topic, in bytes. Default 255: the binary serializer's length byte.
     #[serde(default = "default::max_topic_len")]
     pub max_topic_len: usize,
@@ -38,6 +43,7 @@ impl Config {
     pub fn with_seed(hash_seed: u64) -> Config {
         Config {
             max_channels_per_socket: default::max_channels_per_socket(),
+            max_message_len: default::max_message_len(),
             max_topic_len: default::max_topic_len(),
             max_presences_per_topic: default::max_presences_per_topic(),
             presence_state_on_join: default::presence_state_on_join(),
@@ -51,6 +57,9 @@ impl Config {
 mod default {
     pub(super) fn max_channels_per_socket() -> usize {
         100
+    }
+    pub(super) fn max_message_len() -> usize {
+        1 << 20
     }
     pub(super) fn max_topic_len() -> usize {
         255

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::payload::Payload;
 use crate::presence;
 use crate::ws::Text;
 
@@ -11,37 +12,6 @@ use crate::ws::Text;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ClientId(pub u64);
-
-/// A message's payload: JSON, or raw bytes (Phoenix's binary serializer).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Payload {
-    /// A JSON value (an object, for everything phoenix.js sends).
-    Json(Value),
-    /// Bytes, from or for a binary frame.
-    Binary(#[serde(with = "crate::b64")] Bytes),
-}
-
-impl Payload {
-    /// An empty JSON object, `{}`.
-    pub fn empty() -> Payload {
-        Payload::Json(Value::Object(serde_json::Map::new()))
-    }
-
-    /// The JSON value, if this is JSON.
-    pub fn json(&self) -> Option<&Value> {
-        match self {
-            Payload::Json(v) => Some(v),
-            Payload::Binary(_) => None,
-        }
-    }
-}
-
-impl From<Value> for Payload {
-    fn from(v: Value) -> Payload {
-        Payload::Json(v)
-    }
-}
 
 /// A WebSocket message to or from a client: what the shell reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

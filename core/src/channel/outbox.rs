@@ -116,7 +116,7 @@ impl Runtime {
         if recipients.is_empty() {
             return;
         }
-        let payload = Payload::Json(diff.to_json());
+        let payload = Payload::from(diff.to_json());
         if let Some(frame) = protocol::encode_broadcast(topic, "presence_diff", &payload) {
             self.outbox.push(Outbound::PresenceDiff {
                 topic: topic.into(),

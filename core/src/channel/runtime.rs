@@ -196,7 +196,10 @@ impl Runtime {
                 msg_ref,
                 params,
                 ..
-            } => self.on_join(client_id, &topic, &join_ref, msg_ref.as_deref(), &params),
+            } => {
+                let params = Payload::from(params);
+                self.on_join(client_id, &topic, &join_ref, msg_ref.as_deref(), &params)
+            }
             Event::Leave {
                 client_id,
                 topic,
@@ -247,13 +250,14 @@ impl Runtime {
     }
 
     fn on_frame(&mut self, client: ClientId, frame: &Frame) {
-        let message = match protocol::decode(frame) {
+        let message = match protocol::decode(frame, &self.config) {
             Ok(m) => m,
             Err(e) => {
-                // Phoenix closes a socket that sends what its serializer cannot read.
+                // Phoenix closes a socket that sends what its serializer cannot read; a frame
+                // over the limit is refused from its length, before any parsing.
                 self.outbox.push(Outbound::CloseSocket {
                     client_id: client,
-                    code: 1008,
+                    code: e.close_code(),
                     reason: e.as_str().into(),
                 });
                 return;
@@ -278,11 +282,10 @@ impl Runtime {
                 );
             }
             (_, "phx_join") => {
-                let params = payload.json().cloned().unwrap_or(Value::Null);
                 // phoenix.js sends join_ref == ref on joins; a client that omits join_ref
                 // still gets one, its ref.
                 let join_ref = join_ref.or_else(|| msg_ref.clone()).unwrap_or_default();
-                self.on_join(client, &topic, &join_ref, msg_ref.as_deref(), &params);
+                self.on_join(client, &topic, &join_ref, msg_ref.as_deref(), &payload);
             }
             (_, "phx_leave") => {
                 self.on_leave(client, &topic, join_ref.as_deref(), msg_ref.as_deref())
@@ -304,7 +307,7 @@ impl Runtime {
         topic: &str,
         join_ref: &str,
         msg_ref: Option<&str>,
-        params: &Value,
+        params: &Payload,
     ) {
         self.clients.entry(client).or_default();
         if self.crashed {

@@ -9,8 +9,15 @@ use super::*;
 struct Room;
 
 impl ChannelHandler for Room {
-    fn join(&self, topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
-        if params.get("token").and_then(Value::as_str) == Some("bad") {
+    fn join(&self, topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        #[derive(serde::Deserialize)]
+        struct Params {
+            token: Option<String>,
+        }
+        if params
+            .parse::<Params>()
+            .is_ok_and(|p| p.token.as_deref() == Some("bad"))
+        {
             return Err(json!({"reason": "unauthorized"}));
         }
         demo::Room.join(topic, params, socket)
@@ -398,4 +405,24 @@ fn a_logged_rejoin_is_a_join() {
     let line = r#"{"type":"rejoin","now_ms":1,"client_id":1,"topic":"room:a","join_ref":"2","ref":"2","params":{}}"#;
     let event: Event = serde_json::from_str(line).unwrap();
     assert!(matches!(event, Event::Join { .. }), "{event:?}");
+}
+
+#[test]
+fn a_message_over_the_limit_closes_the_socket_with_1009() {
+    let mut rt = runtime();
+    let body = "x".repeat(2 << 20);
+    let out = send(
+        &mut rt,
+        3,
+        &format!(r#"["1","1","room:a","shout",{{"body":"{body}"}}]"#),
+    );
+    assert!(
+        matches!(
+            &out[..],
+            [Outbound::CloseSocket { client_id: ClientId(3), code: 1009, reason }]
+                if reason == "message too big"
+        ),
+        "{:?}",
+        out.iter().map(Runtime::outbound_label).collect::<Vec<_>>()
+    );
 }
