@@ -18,9 +18,18 @@ pub struct Config {
     /// holds at most about twice its length (the frame, and the frame a handler makes of it).
     #[serde(default = "default::max_message_len")]
     pub max_message_len: usize,
-    /// The longest topic, in bytes. Default 255: the binary serializer's length byte.
+    /// The longest topic, in bytes. Default 255: the binary serializer's length byte. A
+    /// message with a longer one closes its socket with 1008; it is never echoed.
     #[serde(default = "default::max_topic_len")]
     pub max_topic_len: usize,
+    /// The longest `join_ref` or `ref`, in bytes. Default 255, as for topics (phoenix.js's refs
+    /// are counters, a few digits). Past it, the socket is closed with 1008.
+    #[serde(default = "default::max_ref_len")]
+    pub max_ref_len: usize,
+    /// The longest event name, in bytes. Default 255, as for topics. Past it, the socket is
+    /// closed with 1008.
+    #[serde(default = "default::max_event_len")]
+    pub max_event_len: usize,
     /// Presences one topic may hold; a track past it is dropped with a notice. Default 100,000.
     #[serde(default = "default::max_presences_per_topic")]
     pub max_presences_per_topic: usize,
@@ -45,6 +54,8 @@ impl Config {
             max_channels_per_socket: default::max_channels_per_socket(),
             max_message_len: default::max_message_len(),
             max_topic_len: default::max_topic_len(),
+            max_ref_len: default::max_ref_len(),
+            max_event_len: default::max_event_len(),
             max_presences_per_topic: default::max_presences_per_topic(),
             presence_state_on_join: default::presence_state_on_join(),
             node: default::node(),
@@ -62,6 +73,12 @@ mod default {
         1 << 20
     }
     pub(super) fn max_topic_len() -> usize {
+        255
+    }
+    pub(super) fn max_ref_len() -> usize {
+        255
+    }
+    pub(super) fn max_event_len() -> usize {
         255
     }
     pub(super) fn max_presences_per_topic() -> usize {

@@ -3,7 +3,7 @@
 
 use super::event::{ClientId, Outbound, Payload};
 use super::protocol;
-use super::runtime::Runtime;
+use super::runtime::{Runtime, clip};
 use crate::presence::Diff;
 
 impl Runtime {
@@ -35,7 +35,7 @@ impl Runtime {
                 response,
                 frame,
             }),
-            None => self.system(format!("reply not encodable: {topic}")),
+            None => self.system(format!("reply not encodable: {}", clip(topic))),
         }
     }
 
@@ -58,7 +58,11 @@ impl Runtime {
                 payload,
                 frame,
             }),
-            None => self.system(format!("push not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "push not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 
@@ -101,7 +105,11 @@ impl Runtime {
                 recipients,
                 frame,
             }),
-            None => self.system(format!("broadcast not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "broadcast not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 

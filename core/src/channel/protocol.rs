@@ -40,6 +40,8 @@ pub enum DecodeError {
     BadField(&'static str),
     /// A binary frame of a kind clients do not send, or cut short.
     BadBinary,
+    /// A reference, topic or event name over its limit in the configuration.
+    TooLong(&'static str),
 }
 
 impl DecodeError {
@@ -51,6 +53,9 @@ impl DecodeError {
             DecodeError::NotAnArray => "expected [join_ref, ref, topic, event, payload]",
             DecodeError::BadField(_) => "a message field has the wrong type",
             DecodeError::BadBinary => "malformed binary message",
+            DecodeError::TooLong("topic") => "topic too long",
+            DecodeError::TooLong("event") => "event name too long",
+            DecodeError::TooLong(_) => "ref too long",
         }
     }
 
@@ -68,7 +73,9 @@ impl DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::BadField(name) => write!(f, "{}: {name}", self.as_str()),
+            DecodeError::BadField(name) | DecodeError::TooLong(name) => {
+                write!(f, "{}: {name}", self.as_str())
+            }
             _ => f.write_str(self.as_str()),
         }
     }
@@ -83,8 +90,9 @@ const KIND_BROADCAST: u8 = 2;
 
 /// Decodes a client frame, within the limits of `config`.
 ///
-/// The length is checked first, from the frame's length alone. A text frame's payload stays
-/// the frame's own bytes: decoding checks it is JSON and copies nothing.
+/// The length is checked first, from the frame's length alone, and the lengths of the refs,
+/// topic and event name once decoded. A text frame's payload stays the frame's own bytes:
+/// decoding checks it is JSON and copies nothing.
 ///
 /// # Errors
 /// [`DecodeError`] for a frame over the limits, or anything phoenix.js would not send.
@@ -96,9 +104,36 @@ pub fn decode(frame: &Frame, config: &Config) -> Result<Message, DecodeError> {
     if len > config.max_message_len {
         return Err(DecodeError::TooBig);
     }
-    match frame {
-        Frame::Text(text) => decode_text(text),
-        Frame::Binary(bytes) => decode_binary(bytes),
+    let m = match frame {
+        Frame::Text(text) => decode_text(text)?,
+        Frame::Binary(bytes) => decode_binary(bytes)?,
+    };
+    let (join_ref, msg_ref) = (m.join_ref.as_deref(), m.msg_ref.as_deref());
+    check_lengths(config, join_ref, msg_ref, &m.topic, &m.event)?;
+    Ok(m)
+}
+
+/// Checks a message's strings against the limits of `config`: replies and notices echo them,
+/// so none may be longer than its limit.
+///
+/// # Errors
+/// [`DecodeError::TooLong`] naming the first field over its limit.
+pub fn check_lengths(
+    config: &Config,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+) -> Result<(), DecodeError> {
+    let fields = [
+        ("join_ref", join_ref.map_or(0, str::len), config.max_ref_len),
+        ("ref", msg_ref.map_or(0, str::len), config.max_ref_len),
+        ("topic", topic.len(), config.max_topic_len),
+        ("event", event.len(), config.max_event_len),
+    ];
+    match fields.iter().find(|(_, len, max)| len > max) {
+        Some((name, ..)) => Err(DecodeError::TooLong(name)),
+        None => Ok(()),
     }
 }
 

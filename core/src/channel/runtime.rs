@@ -197,8 +197,12 @@ impl Runtime {
                 params,
                 ..
             } => {
+                let (jr, mr) = (Some(join_ref.as_str()), msg_ref.as_deref());
+                if self.refuse_long(client_id, jr, mr, &topic, "phx_join") {
+                    return;
+                }
                 let params = Payload::from(params);
-                self.on_join(client_id, &topic, &join_ref, msg_ref.as_deref(), &params)
+                self.on_join(client_id, &topic, &join_ref, mr, &params)
             }
             Event::Leave {
                 client_id,
@@ -206,7 +210,12 @@ impl Runtime {
                 join_ref,
                 msg_ref,
                 ..
-            } => self.on_leave(client_id, &topic, join_ref.as_deref(), msg_ref.as_deref()),
+            } => {
+                let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+                if !self.refuse_long(client_id, jr, mr, &topic, "phx_leave") {
+                    self.on_leave(client_id, &topic, jr, mr);
+                }
+            }
             Event::Push {
                 client_id,
                 topic,
@@ -215,14 +224,12 @@ impl Runtime {
                 msg_ref,
                 payload,
                 ..
-            } => self.on_push(
-                client_id,
-                &topic,
-                &event,
-                join_ref.as_deref(),
-                msg_ref.as_deref(),
-                &payload,
-            ),
+            } => {
+                let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+                if !self.refuse_long(client_id, jr, mr, &topic, &event) {
+                    self.on_push(client_id, &topic, &event, jr, mr, &payload);
+                }
+            }
             Event::Broadcast {
                 except,
                 topic,
@@ -252,16 +259,7 @@ impl Runtime {
     fn on_frame(&mut self, client: ClientId, frame: &Frame) {
         let message = match protocol::decode(frame, &self.config) {
             Ok(m) => m,
-            Err(e) => {
-                // Phoenix closes a socket that sends what its serializer cannot read; a frame
-                // over the limit is refused from its length, before any parsing.
-                self.outbox.push(Outbound::CloseSocket {
-                    client_id: client,
-                    code: e.close_code(),
-                    reason: e.as_str().into(),
-                });
-                return;
-            }
+            Err(e) => return self.close_socket(client, e),
         };
         let Message {
             join_ref,
@@ -301,6 +299,36 @@ impl Runtime {
         }
     }
 
+    /// Phoenix closes a socket that sends what its serializer cannot read; a frame over the
+    /// limit is refused from its length, before any parsing; a field over its limit, rather than
+    /// echoed in a reply.
+    fn close_socket(&mut self, client: ClientId, e: protocol::DecodeError) {
+        self.outbox.push(Outbound::CloseSocket {
+            client_id: client,
+            code: e.close_code(),
+            reason: e.as_str().into(),
+        });
+    }
+
+    /// Closes the socket of a join, leave or push event whose strings break the limits that
+    /// decoding a frame enforces, and says whether it did.
+    fn refuse_long(
+        &mut self,
+        client: ClientId,
+        join_ref: Option<&str>,
+        msg_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+    ) -> bool {
+        match protocol::check_lengths(&self.config, join_ref, msg_ref, topic, event) {
+            Ok(()) => false,
+            Err(e) => {
+                self.close_socket(client, e);
+                true
+            }
+        }
+    }
+
     fn on_join(
         &mut self,
         client: ClientId,
@@ -318,16 +346,6 @@ impl Runtime {
                 msg_ref,
                 "error",
                 json!({"reason": "crashed"}).into(),
-            );
-        }
-        if topic.len() > self.config.max_topic_len {
-            return self.reply(
-                client,
-                topic,
-                Some(join_ref),
-                msg_ref,
-                "error",
-                json!({"reason": "topic too long"}).into(),
             );
         }
         let Some(route) = self.router.find(topic) else {
@@ -417,7 +435,7 @@ impl Runtime {
         };
         let current = m.socket.join_ref().to_string();
         if join_ref.is_some_and(|j| j != current) {
-            return self.system(format!("stale leave dropped: {topic}"));
+            return self.system(format!("stale leave dropped: {}", clip(topic)));
         }
         self.reply(
             client,
@@ -460,7 +478,11 @@ impl Runtime {
         let current = m.socket.join_ref().to_string();
         if join_ref.is_some_and(|j| j != current) {
             // A message for an earlier join of this topic: Phoenix drops it silently.
-            return self.system(format!("stale message dropped: {topic} {event}"));
+            return self.system(format!(
+                "stale message dropped: {} {}",
+                clip(topic),
+                clip(event)
+            ));
         }
         let Some(handler) = self.router.handler(m.route).cloned() else {
             return;
@@ -516,7 +538,11 @@ impl Runtime {
             "phx_error",
             payload,
         );
-        self.system(format!("channel crashed: {topic}: {reason}"));
+        self.system(format!(
+            "channel crashed: {}: {}",
+            clip(topic),
+            clip(reason)
+        ));
         self.end_membership(client, topic, reason);
     }
 
@@ -532,7 +558,7 @@ impl Runtime {
             self.crash_channel(client, &topic, reason);
         }
         self.crashed = true;
-        self.system(format!("crashed: {reason}"));
+        self.system(format!("crashed: {}", clip(reason)));
     }
 
     // ---- what handlers ask for ----
@@ -564,14 +590,16 @@ impl Runtime {
                             }
                             self.presence_diff(topic, diff);
                         }
-                        Err(e) => self.system(format!("track {topic} {key}: {e}")),
+                        Err(e) => self.system(format!("track {} {}: {e}", clip(topic), clip(&key))),
                     }
                 }
                 SocketAction::UpdatePresence { key, meta } => {
                     let phx_ref = self.new_ref();
                     match self.presence.update(topic, client, &key, meta, phx_ref) {
                         Ok(diff) => self.presence_diff(topic, diff),
-                        Err(e) => self.system(format!("update {topic} {key}: {e}")),
+                        Err(e) => {
+                            self.system(format!("update {} {}: {e}", clip(topic), clip(&key)))
+                        }
                     }
                 }
                 SocketAction::Untrack { key } => {
@@ -673,6 +701,20 @@ impl std::fmt::Debug for Runtime {
             .field("crashed", &self.crashed)
             .finish()
     }
+}
+
+/// At most the first 64 bytes of `s` (cut at a character boundary), for notices: they may
+/// quote what a peer or a handler chose, but never all of it.
+pub(super) fn clip(s: &str) -> &str {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A `Map` from a JSON value, empty unless it is an object: meta fields from join params.

@@ -426,3 +426,120 @@ fn a_message_over_the_limit_closes_the_socket_with_1009() {
         out.iter().map(Runtime::outbound_label).collect::<Vec<_>>()
     );
 }
+
+/// Every outbound, serialized, is short: nothing a peer sent came back whole.
+#[track_caller]
+fn assert_nothing_echoed(out: &[Outbound], what: &str) {
+    for o in out {
+        let json = serde_json::to_string(o).unwrap();
+        assert!(
+            json.len() < 1024,
+            "{what}: {} bytes in a {}",
+            json.len(),
+            Runtime::outbound_label(o)
+        );
+    }
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Outbound::CloseSocket { code: 1008, .. })),
+        "{what}: refused with 1008: {out:?}"
+    );
+}
+
+#[test]
+fn long_topics_refs_and_event_names_are_refused_on_every_event_never_echoed() {
+    let long = "x".repeat(10_000);
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:a","phx_join",{}]"#);
+    send(&mut rt, 1, r#"["2","2","room:a","phx_join",{}]"#);
+    let frames = [
+        (
+            "a push to an unjoined long topic",
+            format!(r#"["1","2","room:{long}","ping",{{}}]"#),
+        ),
+        (
+            "a leave of an unjoined long topic",
+            format!(r#"["1","2","room:{long}","phx_leave",{{}}]"#),
+        ),
+        (
+            "a join of a long topic",
+            format!(r#"["3","3","room:{long}","phx_join",{{}}]"#),
+        ),
+        (
+            "a heartbeat with a long ref",
+            format!(r#"[null,"{long}","phoenix","heartbeat",{{}}]"#),
+        ),
+        (
+            "a push with a long join_ref",
+            format!(r#"["{long}","5","room:a","ping",{{}}]"#),
+        ),
+        (
+            "a stale push with a long event name",
+            format!(r#"["1","6","room:a","{long}",{{}}]"#),
+        ),
+        (
+            "a stale leave of a long topic",
+            format!(r#"["1","7","room:{long}","phx_leave",{{}}]"#),
+        ),
+    ];
+    for (what, frame) in frames {
+        assert_nothing_echoed(&send(&mut rt, 1, &frame), what);
+    }
+    let events = [
+        Event::Leave {
+            now_ms: 0,
+            client_id: ClientId(1),
+            topic: format!("room:{long}"),
+            join_ref: None,
+            msg_ref: Some("8".into()),
+        },
+        Event::Push {
+            now_ms: 0,
+            client_id: ClientId(1),
+            topic: format!("room:{long}"),
+            event: "ping".into(),
+            join_ref: None,
+            msg_ref: Some("9".into()),
+            payload: Payload::empty(),
+        },
+    ];
+    for event in events {
+        let what = Runtime::event_label(&event);
+        assert_nothing_echoed(&rt.handle(event), what);
+    }
+    assert_eq!(rt.subscribers("room:a"), [ClientId(1)], "still joined");
+}
+
+#[test]
+fn notices_quote_at_most_64_bytes_cut_between_characters() {
+    let mut rt = Runtime::new_single_node(
+        Router::new().route("room:*", Room),
+        Config {
+            max_topic_len: 1000,
+            ..Config::with_seed(1)
+        },
+    );
+    let topic = format!("room:{}", "é".repeat(400));
+    send(
+        &mut rt,
+        1,
+        &format!(r#"["1","1","{topic}","phx_join",{{}}]"#),
+    );
+    send(
+        &mut rt,
+        1,
+        &format!(r#"["2","2","{topic}","phx_join",{{}}]"#),
+    );
+    let out = send(
+        &mut rt,
+        1,
+        &format!(r#"["1","3","{topic}","phx_leave",{{}}]"#),
+    );
+    let [Outbound::System { label }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        label,
+        &format!("stale leave dropped: room:{}", "é".repeat(29))
+    );
+}
