@@ -13,12 +13,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use spool_core::channel::{self, ClientId, Frame, Outbound, Recipients, Runtime};
 use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
 
+use crate::clock::Clock;
 use crate::handler::{Conn, Handler, HttpResponse, Incoming, Mailbox, Next, Rejection};
 
 /// A seed for [`channel::Config::with_seed`], from the OS: the runtime's hash maps are keyed
@@ -48,7 +48,7 @@ enum HubInput {
 pub struct Hub {
     tx: mpsc::Sender<HubInput>,
     thread: Option<JoinHandle<()>>,
-    start: Instant,
+    clock: Clock,
 }
 
 impl Hub {
@@ -78,11 +78,28 @@ impl Hub {
             None => None,
         };
         let (tx, rx) = mpsc::channel::<HubInput>();
+        let clock = Clock::new();
         let thread = std::thread::Builder::new()
             .name("spool-hub".into())
             .spawn(move || {
                 let mut mailboxes: HashMap<ClientId, Mailbox<ToSocket>> = HashMap::new();
-                while let Ok(input) = rx.recv() {
+                loop {
+                    // One timer: the runtime's next deadline, which a Tick answers.
+                    let input = match runtime.next_deadline() {
+                        Some(at) => match rx.recv_timeout(clock.until(at)) {
+                            Ok(input) => input,
+                            Err(mpsc::RecvTimeoutError::Timeout) => {
+                                HubInput::Event(channel::Event::Tick {
+                                    now_ms: clock.now_ms(),
+                                })
+                            }
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                        None => match rx.recv() {
+                            Ok(input) => input,
+                            Err(_) => break,
+                        },
+                    };
                     let event = match input {
                         HubInput::Stop => break,
                         HubInput::Connect(id, mailbox) => {
@@ -115,7 +132,7 @@ impl Hub {
         Ok(Hub {
             tx,
             thread: Some(thread),
-            start: Instant::now(),
+            clock,
         })
     }
 
@@ -125,7 +142,7 @@ impl Hub {
     }
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).

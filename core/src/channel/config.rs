@@ -37,6 +37,12 @@ pub struct Config {
     /// phoenix.js's `Presence` leaves its pending state. Default true.
     #[serde(default = "default::presence_state_on_join")]
     pub presence_state_on_join: bool,
+    /// A socket that sends nothing for this long is dropped: its channels end, its presences
+    /// leave, and the shell is told to close it with 1001. `None` never drops one. Default
+    /// 60,000 ms, Phoenix's: phoenix.js sends a heartbeat every 30 s. The runtime asks for a
+    /// [`Event::Tick`](super::Event::Tick) through `Runtime::next_deadline`.
+    #[serde(default = "default::heartbeat_timeout_ms")]
+    pub heartbeat_timeout_ms: Option<u64>,
     /// This node's name; it prefixes every `phx_ref` so refs stay unique across nodes. A shell
     /// should make it unique per boot. Default "spool".
     #[serde(default = "default::node")]
@@ -58,6 +64,7 @@ impl Config {
             max_event_len: default::max_event_len(),
             max_presences_per_topic: default::max_presences_per_topic(),
             presence_state_on_join: default::presence_state_on_join(),
+            heartbeat_timeout_ms: default::heartbeat_timeout_ms(),
             node: default::node(),
             hash_seed,
         }
@@ -86,6 +93,9 @@ mod default {
     }
     pub(super) fn presence_state_on_join() -> bool {
         true
+    }
+    pub(super) fn heartbeat_timeout_ms() -> Option<u64> {
+        Some(60_000)
     }
     pub(super) fn node() -> String {
         "spool".into()

@@ -132,6 +132,12 @@ pub enum Event {
         /// The shell's clock.
         now_ms: u64,
     },
+    /// Time passed: the shell's timer for [`Runtime::next_deadline`](super::Runtime::next_deadline)
+    /// fired. Sockets silent for the heartbeat timeout are dropped.
+    Tick {
+        /// The shell's clock.
+        now_ms: u64,
+    },
 }
 
 impl Event {
@@ -146,7 +152,25 @@ impl Event {
             | Event::Push { now_ms, .. }
             | Event::Broadcast { now_ms, .. }
             | Event::Crash { now_ms, .. }
-            | Event::Restart { now_ms } => now_ms,
+            | Event::Restart { now_ms }
+            | Event::Tick { now_ms } => now_ms,
+        }
+    }
+
+    /// The socket this event says was heard from, if any: it sent a frame, or joined, left or
+    /// pushed, or connected.
+    pub fn sender(&self) -> Option<ClientId> {
+        match *self {
+            Event::Connect { client_id, .. }
+            | Event::Receive { client_id, .. }
+            | Event::Join { client_id, .. }
+            | Event::Leave { client_id, .. }
+            | Event::Push { client_id, .. } => Some(client_id),
+            Event::Disconnect { .. }
+            | Event::Broadcast { .. }
+            | Event::Crash { .. }
+            | Event::Restart { .. }
+            | Event::Tick { .. } => None,
         }
     }
 }

@@ -12,6 +12,7 @@
 mod config;
 pub mod demo;
 mod event;
+mod heartbeat;
 mod outbox;
 mod payload;
 pub mod protocol;

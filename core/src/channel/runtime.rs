@@ -10,6 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::config::Config;
 use super::event::{ClientId, Event, Frame, Outbound, Payload};
+use super::heartbeat::Deadlines;
 use super::protocol::{self, Message};
 use super::router::{HandleIn, Router, Socket, SocketAction};
 use super::subscribers::Subscribers;
@@ -39,6 +40,26 @@ pub(super) struct Membership {
     pub(super) presence_keys: Vec<String>,
 }
 
+/// One socket: its joined channels, and when it was last heard from.
+#[derive(Debug)]
+pub(super) struct Client {
+    pub(super) memberships: Vec<Membership>,
+    /// The `now_ms` of its last event.
+    pub(super) last_seen_ms: u64,
+    /// When its heartbeat entry comes due (`u64::MAX`: none).
+    pub(super) due_ms: u64,
+}
+
+impl Client {
+    pub(super) fn new(now_ms: u64) -> Client {
+        Client {
+            memberships: Vec::new(),
+            last_seen_ms: now_ms,
+            due_ms: u64::MAX,
+        }
+    }
+}
+
 /// The channel runtime. Feed it [`Event`]s; deliver its [`Outbound`]s.
 ///
 /// ```
@@ -59,13 +80,16 @@ pub struct Runtime {
     pub(super) config: Config,
     pub(super) router: Router,
     pub(super) adapter: Adapter,
-    pub(super) clients: HashMap<ClientId, Vec<Membership>>,
+    pub(super) clients: HashMap<ClientId, Client>,
     pub(super) topics: HashMap<String, Subscribers>,
     pub(super) presence: Tracker,
     pub(super) memberships: usize,
     pub(super) crashed: bool,
     pub(super) next_ref: u64,
     pub(super) outbox: Vec<Outbound>,
+    /// The latest `now_ms` seen: time never goes backwards.
+    pub(super) now_ms: u64,
+    pub(super) deadlines: Deadlines,
 }
 
 impl Runtime {
@@ -101,6 +125,8 @@ impl Runtime {
             crashed: false,
             next_ref: 0,
             outbox: Vec::new(),
+            now_ms: 0,
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -127,6 +153,14 @@ impl Runtime {
     /// A topic's presences, keys sorted.
     pub fn presences(&self, topic: &str) -> Vec<presence::Entry> {
         self.presence.list(topic)
+    }
+
+    /// When the runtime wants an [`Event::Tick`]: the earliest heartbeat deadline of a socket
+    /// (`heartbeat_timeout_ms` after the last event that socket sent), or `None`. It may be
+    /// early; a tick before a socket's real deadline does nothing to it.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.config.heartbeat_timeout_ms?;
+        self.deadlines.next()
     }
 
     /// Whether the runtime crashed and awaits [`Event::Restart`].
@@ -156,6 +190,7 @@ impl Runtime {
             Event::Broadcast { .. } => "broadcast",
             Event::Crash { .. } => "crash",
             Event::Restart { .. } => "restart",
+            Event::Tick { .. } => "tick",
         }
     }
 
@@ -181,10 +216,12 @@ impl Runtime {
 
     /// Handles one event, keeping its outbounds for [`Runtime::flush_outbox`].
     pub fn enqueue(&mut self, event: Event) {
+        self.now_ms = self.now_ms.max(event.now_ms());
+        if let Some(client) = event.sender() {
+            self.touch(client);
+        }
         match event {
-            Event::Connect { client_id, .. } => {
-                self.clients.entry(client_id).or_default();
-            }
+            Event::Connect { .. } => {}
             Event::Receive {
                 client_id, frame, ..
             } => self.on_frame(client_id, &frame),
@@ -248,6 +285,7 @@ impl Runtime {
                 self.crashed = false;
                 self.system("restarted".into());
             }
+            Event::Tick { .. } => self.on_tick(),
         }
     }
 
@@ -337,7 +375,6 @@ impl Runtime {
         msg_ref: Option<&str>,
         params: &Payload,
     ) {
-        self.clients.entry(client).or_default();
         if self.crashed {
             return self.reply(
                 client,
@@ -371,7 +408,7 @@ impl Runtime {
             );
             self.end_membership(client, topic, "duplicate_join");
         }
-        let joined = self.clients.get(&client).map_or(0, Vec::len);
+        let joined = self.clients.get(&client).map_or(0, |c| c.memberships.len());
         if joined >= self.config.max_channels_per_socket {
             let why = json!({"reason": "too many channels joined"});
             return self.reply(client, topic, Some(join_ref), msg_ref, "error", why.into());
@@ -384,11 +421,15 @@ impl Runtime {
             Ok(response) => {
                 let actions = socket.take_actions();
                 self.subscribe(client, topic);
-                self.clients.entry(client).or_default().push(Membership {
-                    route,
-                    socket,
-                    presence_keys: Vec::new(),
-                });
+                let now_ms = self.now_ms;
+                let c = self.clients.entry(client);
+                c.or_insert_with(|| Client::new(now_ms))
+                    .memberships
+                    .push(Membership {
+                        route,
+                        socket,
+                        presence_keys: Vec::new(),
+                    });
                 self.memberships += 1;
                 self.reply(
                     client,
@@ -519,9 +560,13 @@ impl Runtime {
     fn on_disconnect(&mut self, client: ClientId) {
         // A channel's terminate and presence diff reach only its own topic, which the client
         // has left by then, so its other channels may go first.
-        for m in self.clients.remove(&client).unwrap_or_default() {
+        let Some(c) = self.clients.remove(&client) else {
+            return;
+        };
+        for m in c.memberships {
             self.close_membership(client, m, "disconnected");
         }
+        self.trim_deadlines();
     }
 
     fn crash_channel(&mut self, client: ClientId, topic: &str, reason: &str) {
@@ -551,7 +596,10 @@ impl Runtime {
         let mut all: Vec<(ClientId, String)> = self
             .clients
             .iter()
-            .flat_map(|(c, ms)| ms.iter().map(move |m| (*c, m.socket.topic().to_string())))
+            .flat_map(|(id, c)| {
+                let topics = c.memberships.iter().map(|m| m.socket.topic().to_string());
+                topics.map(move |t| (*id, t))
+            })
             .collect();
         all.sort();
         for (client, topic) in all {
@@ -615,7 +663,7 @@ impl Runtime {
 
     /// Ends one channel: the handler's `terminate`, unsubscribe, presences leave.
     fn end_membership(&mut self, client: ClientId, topic: &str, reason: &str) {
-        let Some(list) = self.clients.get_mut(&client) else {
+        let Some(list) = self.clients.get_mut(&client).map(|c| &mut c.memberships) else {
             return;
         };
         let Some(i) = list.iter().position(|m| m.socket.topic() == topic) else {
@@ -626,7 +674,7 @@ impl Runtime {
     }
 
     /// Ends a channel already taken from its socket's list.
-    fn close_membership(&mut self, client: ClientId, mut m: Membership, reason: &str) {
+    pub(super) fn close_membership(&mut self, client: ClientId, mut m: Membership, reason: &str) {
         self.memberships -= 1;
         self.unsubscribe(client, m.socket.topic());
         if let Some(handler) = self.router.handler(m.route).cloned() {
@@ -676,6 +724,7 @@ impl Runtime {
     pub(super) fn membership(&self, client: ClientId, topic: &str) -> Option<&Membership> {
         self.clients
             .get(&client)?
+            .memberships
             .iter()
             .find(|m| m.socket.topic() == topic)
     }
@@ -687,6 +736,7 @@ impl Runtime {
     ) -> Option<&mut Membership> {
         self.clients
             .get_mut(&client)?
+            .memberships
             .iter_mut()
             .find(|m| m.socket.topic() == topic)
     }

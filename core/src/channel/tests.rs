@@ -543,3 +543,102 @@ fn notices_quote_at_most_64_bytes_cut_between_characters() {
         &format!("stale leave dropped: room:{}", "é".repeat(29))
     );
 }
+
+fn send_at(rt: &mut Runtime, now_ms: u64, client: u64, text: &str) -> Vec<Outbound> {
+    rt.handle(Event::Receive {
+        now_ms,
+        client_id: ClientId(client),
+        frame: Frame::Text(text.into()),
+    })
+}
+
+#[test]
+fn a_silent_socket_is_dropped_after_the_heartbeat_timeout_and_its_presences_leave() {
+    let mut rt = runtime();
+    assert_eq!(rt.next_deadline(), None, "no sockets, no deadline");
+    send_at(
+        &mut rt,
+        0,
+        1,
+        r#"["1","1","room:h","phx_join",{"user":"a"}]"#,
+    );
+    send_at(
+        &mut rt,
+        10,
+        2,
+        r#"["1","1","room:h","phx_join",{"user":"b"}]"#,
+    );
+    rt.handle(Event::Connect {
+        now_ms: 20,
+        client_id: ClientId(3),
+    });
+    // Client 2 heartbeats; clients 1 and 3 (which joined nothing) go silent.
+    for now_ms in [30_000, 59_000] {
+        send_at(&mut rt, now_ms, 2, r#"[null,"9","phoenix","heartbeat",{}]"#);
+    }
+    assert_eq!(rt.next_deadline(), Some(60_000));
+    assert_eq!(rt.handle(Event::Tick { now_ms: 59_999 }), []);
+    let out = rt.handle(Event::Tick { now_ms: 60_020 });
+    assert_eq!(
+        wire(&out),
+        [
+            r#"close_socket {"outbound":"close_socket","client_id":1,"code":1001,"reason":"heartbeat timeout"}"#,
+            r#"to 2: [null,null,"room:h","presence_diff",{"joins":{},"leaves":{"a":{"metas":[{"phx_ref":"spool-1"}]}}}]"#,
+            r#"close_socket {"outbound":"close_socket","client_id":3,"code":1001,"reason":"heartbeat timeout"}"#,
+        ]
+    );
+    assert_eq!(rt.subscribers("room:h"), [ClientId(2)]);
+    assert_eq!(rt.presences("room:h")[0].key, "b");
+    // Client 2's deadline is 60 s after its last heartbeat.
+    assert_eq!(rt.next_deadline(), Some(119_000));
+    // A message stamped earlier than the runtime's clock counts at the clock (60,020): time
+    // never runs backwards. The deadline asked for is then early, and its tick does nothing.
+    send_at(&mut rt, 5, 2, r#"["1","2","room:h","ping",{}]"#);
+    assert_eq!(rt.handle(Event::Tick { now_ms: 119_000 }), []);
+    assert_eq!(rt.next_deadline(), Some(120_020));
+    let out = rt.handle(Event::Tick { now_ms: 120_020 });
+    assert!(
+        matches!(
+            &out[..],
+            [Outbound::CloseSocket {
+                client_id: ClientId(2),
+                code: 1001,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.presences("room:h").len()),
+        (0, 0)
+    );
+    assert_eq!(rt.next_deadline(), None);
+}
+
+#[test]
+fn heartbeat_deadlines_stay_bounded_and_can_be_turned_off() {
+    // Sockets come and go under the same ids: the deadlines keep one entry per live socket.
+    let mut rt = runtime();
+    for round in 0..50 {
+        for c in 0..100 {
+            let now_ms = round * 100 + c;
+            send_at(&mut rt, now_ms, c, r#"[null,"1","phoenix","heartbeat",{}]"#);
+            rt.handle(Event::Disconnect {
+                now_ms,
+                client_id: ClientId(c),
+            });
+        }
+    }
+    assert!(rt.deadlines.len() <= 2 * 100 + 64, "{}", rt.deadlines.len());
+    let mut off = Runtime::new_single_node(
+        Router::new().route("room:*", Room),
+        Config {
+            heartbeat_timeout_ms: None,
+            ..Config::with_seed(1)
+        },
+    );
+    send_at(&mut off, 0, 1, r#"["1","1","room:h","phx_join",{}]"#);
+    assert_eq!(off.next_deadline(), None);
+    assert_eq!(off.handle(Event::Tick { now_ms: u64::MAX }), []);
+    assert_eq!(off.subscribers("room:h"), [ClientId(1)]);
+}
