@@ -18,7 +18,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use super::event::{ClientId, Outbound};
-use super::runtime::{Client, Runtime};
+use super::membership::Client;
+use super::runtime::Runtime;
 
 /// Rebuilding waits for at least this many stale entries.
 const MIN_STALE: usize = 64;

@@ -13,6 +13,7 @@ mod config;
 pub mod demo;
 mod event;
 mod heartbeat;
+mod membership;
 mod outbox;
 mod payload;
 pub mod protocol;
