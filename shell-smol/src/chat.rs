@@ -128,8 +128,7 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
     }
     let config = channel::Config {
         node: format!("spool{}", std::process::id()),
-        hash_seed: random_seed(),
-        ..channel::Config::default()
+        ..channel::Config::with_seed(spool_std::channels::hash_seed())
     };
     let runtime = Runtime::new_single_node(router(), config);
     let hub = Arc::new(Hub::start(runtime, APP, options.record).map_err(ServeError::Hub)?);
@@ -378,14 +377,6 @@ fn split_host_port(s: &str) -> Option<(&str, Option<u16>)> {
         None => None,
     };
     Some((host, port))
-}
-
-/// A seed for the runtime's hash maps, from the OS's per-process hasher keys.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(std::process::id() as u64);
-    h.finish()
 }
 
 #[cfg(test)]

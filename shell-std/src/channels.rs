@@ -14,15 +14,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use spool_core::channel::{self, ClientId, Frame, Outbound, Recipients, Runtime};
 use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
 
+use crate::clock::Clock;
 use crate::handler::{
     Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, Next, Rejection,
 };
+
+/// A seed for [`channel::Config::with_seed`], from the OS: the runtime's hash maps are keyed
+/// by topics and presence keys that peers choose, so the seed must be one they cannot guess.
+pub fn hash_seed() -> u64 {
+    let mut seed = [0; 8];
+    crate::random::fill(&mut seed);
+    u64::from_le_bytes(seed)
+}
 
 /// What the hub sends a socket.
 #[derive(Clone, Debug)]
@@ -86,13 +94,38 @@ impl HubQueue {
         Ok(())
     }
 
+    /// The next input, or `None` once `wait` has passed without one.
+    fn pop_within(&self, wait: std::time::Duration) -> Option<HubInput> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut inner = self.lock();
+        loop {
+            if let Some(input) = self.take(&mut inner) {
+                return Some(input);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            inner = self
+                .ready
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn take(&self, inner: &mut QueueInner) -> Option<HubInput> {
+        let input = inner.items.pop_front()?;
+        if matches!(input, HubInput::Event(channel::Event::Receive { .. })) {
+            inner.frames -= 1;
+        }
+        Some(input)
+    }
+
     fn pop(&self) -> HubInput {
         let mut inner = self.lock();
         loop {
-            if let Some(input) = inner.items.pop_front() {
-                if matches!(input, HubInput::Event(channel::Event::Receive { .. })) {
-                    inner.frames -= 1;
-                }
+            if let Some(input) = self.take(&mut inner) {
                 return input;
             }
             inner = self
@@ -109,7 +142,7 @@ pub struct Hub {
     /// Set when the hub's thread has failed: sockets are closed with 1011 from then on.
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    start: Instant,
+    clock: Clock,
 }
 
 /// A socket as the hub holds it: its mailbox, and the flag that tells it it was cut off.
@@ -144,6 +177,7 @@ impl Hub {
             }
             None => None,
         };
+        let clock = Clock::new();
         let queue = Arc::new(HubQueue {
             inner: Mutex::new(QueueInner {
                 items: VecDeque::new(),
@@ -160,24 +194,27 @@ impl Hub {
                 .spawn(move || {
                     let mut members: HashMap<ClientId, Member> = HashMap::new();
                     loop {
-                        let event = match queue.pop() {
-                            HubInput::Stop => break,
-                            HubInput::Connect(id, mailbox, evicted) => {
+                        // One timer: the runtime's next deadline, which a Tick answers.
+                        let input = match runtime.next_deadline() {
+                            Some(at) => queue.pop_within(clock.until(at)),
+                            None => Some(queue.pop()),
+                        };
+                        let event = match input {
+                            None => channel::Event::Tick {
+                                now_ms: clock.now_ms(),
+                            },
+                            Some(HubInput::Stop) => break,
+                            Some(HubInput::Connect(id, mailbox, evicted)) => {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
                             }
-                            HubInput::Event(e) => e,
+                            Some(HubInput::Event(e)) => e,
                         };
                         let gone = match &event {
                             channel::Event::Disconnect { client_id, .. } => Some(*client_id),
                             _ => None,
                         };
-                        let now_ms = match &event {
-                            channel::Event::Receive { now_ms, .. }
-                            | channel::Event::Connect { now_ms, .. }
-                            | channel::Event::Disconnect { now_ms, .. } => *now_ms,
-                            _ => 0,
-                        };
+                        let now_ms = clock.now_ms();
                         let handled =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 runtime.handle(event.clone())
@@ -230,7 +267,7 @@ impl Hub {
             queue,
             failed,
             thread: Some(thread),
-            start: Instant::now(),
+            clock,
         })
     }
 
@@ -247,7 +284,7 @@ impl Hub {
     }
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).

@@ -3,7 +3,7 @@
 
 use super::event::{ClientId, Outbound, Payload};
 use super::protocol;
-use super::runtime::Runtime;
+use super::runtime::{Runtime, clip};
 use crate::presence::Diff;
 
 impl Runtime {
@@ -35,7 +35,7 @@ impl Runtime {
                 response,
                 frame,
             }),
-            None => self.system(format!("reply not encodable: {topic}")),
+            None => self.system(format!("reply not encodable: {}", clip(topic))),
         }
     }
 
@@ -58,7 +58,11 @@ impl Runtime {
                 payload,
                 frame,
             }),
-            None => self.system(format!("push not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "push not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 
@@ -77,12 +81,7 @@ impl Runtime {
         let route = self.router.find(topic);
         let handler = route.and_then(|r| self.router.handler(r)).cloned();
         if let Some(handler) = handler.filter(|h| h.intercepts().contains(&event)) {
-            let recipients: Vec<ClientId> = subs
-                .list
-                .iter()
-                .copied()
-                .filter(|c| Some(*c) != except)
-                .collect();
+            let recipients: Vec<ClientId> = subs.iter().filter(|c| Some(*c) != except).collect();
             for client in recipients {
                 let Some(m) = self.membership_mut(client, topic) else {
                     continue;
@@ -95,10 +94,7 @@ impl Runtime {
             }
             return;
         }
-        let recipients: Vec<ClientId> = match except {
-            None => subs.list.clone(),
-            Some(x) => subs.list.iter().copied().filter(|c| *c != x).collect(),
-        };
+        let recipients = subs.recipients(except);
         if recipients.is_empty() {
             return;
         }
@@ -109,7 +105,11 @@ impl Runtime {
                 recipients,
                 frame,
             }),
-            None => self.system(format!("broadcast not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "broadcast not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 
@@ -117,11 +117,14 @@ impl Runtime {
         if diff.is_empty() {
             return;
         }
-        let recipients = self.subscribers(topic);
+        let recipients = match self.topics.get(topic) {
+            Some(subs) => subs.recipients(None),
+            None => return,
+        };
         if recipients.is_empty() {
             return;
         }
-        let payload = Payload::Json(diff.to_json());
+        let payload = Payload::from(diff.to_json());
         if let Some(frame) = protocol::encode_broadcast(topic, "presence_diff", &payload) {
             self.outbox.push(Outbound::PresenceDiff {
                 topic: topic.into(),
