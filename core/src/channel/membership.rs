@@ -3,6 +3,7 @@
 //! it, which unsubscribes it and takes its presences with it.
 
 use serde_json::json;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use super::event::{ClientId, Payload};
 use super::router::{HandleIn, Socket, SocketAction};
@@ -90,7 +91,17 @@ impl Runtime {
             return;
         };
         let mut socket = Socket::new(client, topic, join_ref);
-        match handler.join(topic, params, &mut socket) {
+        // A handler that panics fails its own join, never the runtime (Phoenix: a crashed join
+        // replies with an error).
+        let joined = catch_unwind(AssertUnwindSafe(|| {
+            handler.join(topic, params, &mut socket)
+        }))
+        .unwrap_or_else(|_| {
+            self.system(format!("join crashed: {}", clip(topic)));
+            socket.take_actions();
+            Err(json!({"reason": "join crashed"}))
+        });
+        match joined {
             Ok(response) => {
                 let actions = socket.take_actions();
                 self.subscribe(client, topic);
@@ -204,7 +215,18 @@ impl Runtime {
         let Some(m) = self.membership_mut(client, topic) else {
             return;
         };
-        let result = handler.handle_in(event, payload, &mut m.socket);
+        let socket = &mut m.socket;
+        // A panicking handler crashes its channel (the client gets phx_error and rejoins), as an
+        // exception in a Phoenix channel process does; the runtime and the other channels go on.
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            handler.handle_in(event, payload, socket)
+        }))
+        .unwrap_or_else(|_| {
+            socket.take_actions();
+            HandleIn::Crash {
+                reason: "handler panicked".into(),
+            }
+        });
         let actions = m.socket.take_actions();
         self.apply(client, topic, actions);
         match result {
@@ -299,7 +321,10 @@ impl Runtime {
         self.memberships -= 1;
         self.unsubscribe(client, m.socket.topic());
         if let Some(handler) = self.router.handler(m.route).cloned() {
-            handler.terminate(reason, &mut m.socket);
+            let socket = &mut m.socket;
+            if catch_unwind(AssertUnwindSafe(|| handler.terminate(reason, socket))).is_err() {
+                self.system(format!("terminate crashed: {}", clip(m.socket.topic())));
+            }
             // The channel is gone: of what terminate asks, only broadcasts still make sense.
             for action in m.socket.take_actions() {
                 if let SocketAction::Broadcast {

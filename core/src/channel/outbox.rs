@@ -5,6 +5,7 @@ use super::event::{ClientId, Outbound, Payload};
 use super::protocol;
 use super::runtime::{Runtime, clip};
 use crate::presence::Diff;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 impl Runtime {
     pub(super) fn new_ref(&mut self) -> String {
@@ -82,15 +83,25 @@ impl Runtime {
         let handler = route.and_then(|r| self.router.handler(r)).cloned();
         if let Some(handler) = handler.filter(|h| h.intercepts().contains(&event)) {
             let recipients: Vec<ClientId> = subs.iter().filter(|c| Some(*c) != except).collect();
+            let mut crashed = Vec::new();
             for client in recipients {
                 let Some(m) = self.membership_mut(client, topic) else {
                     continue;
                 };
-                let out = handler.handle_out(event, payload, &mut m.socket);
+                let socket = &mut m.socket;
+                let out = catch_unwind(AssertUnwindSafe(|| {
+                    handler.handle_out(event, payload, socket)
+                }));
                 let join_ref = m.socket.join_ref().to_string();
-                if let Some(p) = out {
-                    self.push(client, topic, Some(&join_ref), None, event, p);
+                match out {
+                    Ok(Some(p)) => self.push(client, topic, Some(&join_ref), None, event, p),
+                    Ok(None) => {}
+                    // That subscriber's channel crashes; the others still get theirs.
+                    Err(_) => crashed.push(client),
                 }
+            }
+            for client in crashed {
+                self.crash_channel(client, topic, "handler panicked");
             }
             return;
         }

@@ -642,3 +642,99 @@ fn heartbeat_deadlines_stay_bounded_and_can_be_turned_off() {
     assert_eq!(off.handle(Event::Tick { now_ms: u64::MAX }), []);
     assert_eq!(off.subscribers("room:h"), [ClientId(1)]);
 }
+
+/// A channel whose handler panics where it is told to: in `join` for `{"panic": true}`, in
+/// `handle_in` for `boom`, in `handle_out` for an intercepted `boom` broadcast.
+struct Panicky;
+
+impl ChannelHandler for Panicky {
+    fn join(&self, topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        if params.json_text().is_some_and(|t| t.contains("panic")) {
+            panic!("join asked to panic");
+        }
+        demo::Room.join(topic, params, socket)
+    }
+
+    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
+        match event {
+            "boom" => panic!("handle_in asked to panic"),
+            "shout_boom" => {
+                socket.broadcast("boom", Payload::empty());
+                HandleIn::NoReply
+            }
+            _ => demo::Room.handle_in(event, payload, socket),
+        }
+    }
+
+    fn intercepts(&self) -> &[&str] {
+        &["boom"]
+    }
+
+    fn handle_out(&self, _event: &str, _payload: &Payload, socket: &mut Socket) -> Option<Payload> {
+        if socket.join_ref() == "7" {
+            panic!("handle_out asked to panic");
+        }
+        Some(Payload::empty())
+    }
+}
+
+#[test]
+fn a_panicking_handler_crashes_its_channel_never_the_runtime() {
+    let mut rt = Runtime::new_single_node(
+        Router::new()
+            .route("room:*", Room)
+            .route("panic:*", Panicky),
+        Config::with_seed(1),
+    );
+    send(&mut rt, 1, r#"["1","1","panic:a","phx_join",{"user":"p"}]"#);
+    send(&mut rt, 1, r#"["2","2","room:b","phx_join",{"user":"p"}]"#);
+
+    // handle_in panics: that channel crashes (phx_error, presence gone), the other lives.
+    let out = send(&mut rt, 1, r#"["1","3","panic:a","boom",{}]"#);
+    assert_eq!(
+        wire(&out)[0],
+        r#"to 1: ["1","1","panic:a","phx_error",{"reason":"channel_crash"}]"#
+    );
+    assert!(!rt.crashed());
+    assert_eq!(rt.presences("panic:a").len(), 0);
+    let out = send(&mut rt, 1, r#"["2","4","room:b","ping",{"n":1}]"#);
+    assert!(
+        wire(&out)[0].contains(r#"{"pong":{"n":1}}"#),
+        "{:?}",
+        wire(&out)
+    );
+
+    // join panics: an error reply, nothing joined.
+    let out = send(
+        &mut rt,
+        2,
+        r#"["5","5","panic:a","phx_join",{"panic":true}]"#,
+    );
+    let w = wire(&out);
+    assert_eq!(
+        w[0],
+        r#"system {"outbound":"system","label":"join crashed: panic:a"}"#
+    );
+    assert_eq!(
+        w[1],
+        r#"to 2: ["5","5","panic:a","phx_reply",{"status":"error","response":{"reason":"join crashed"}}]"#
+    );
+    assert_eq!(rt.subscribers("panic:a").len(), 0);
+
+    // handle_out panics for one subscriber: its channel crashes, the other still gets the push.
+    send(&mut rt, 3, r#"["6","6","panic:c","phx_join",{}]"#);
+    send(&mut rt, 4, r#"["7","7","panic:c","phx_join",{}]"#);
+    let out = send(&mut rt, 3, r#"["6","8","panic:c","shout_boom",{}]"#);
+    let w = wire(&out);
+    assert!(
+        w.iter()
+            .any(|l| l == r#"to 3: ["6",null,"panic:c","boom",{}]"#),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|l| l == r#"to 4: ["7","7","panic:c","phx_error",{"reason":"channel_crash"}]"#),
+        "{w:?}"
+    );
+    assert_eq!(rt.subscribers("panic:c"), vec![ClientId(3)]);
+}
