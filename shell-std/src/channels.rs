@@ -47,9 +47,10 @@ enum HubInput {
     Stop,
 }
 
-/// Frames from sockets that may wait for the hub; past it a socket's frame is refused (the
-/// socket is closed with 1013, try again later) rather than the hub's memory growing. Connects
-/// and disconnects always enter: there is one of each per connection, and the server bounds
+/// Events that may wait for the hub (frames from sockets, the application's own events); past
+/// it a socket's frame is refused (the socket is closed with 1013, try again later) and
+/// [`Hub::event`] returns [`HubFull`], rather than the hub's memory growing. Connects and
+/// disconnects always enter: there is one of each per connection, and the server bounds
 /// connections.
 pub const HUB_QUEUE_CAPACITY: usize = 65_536;
 
@@ -62,32 +63,46 @@ struct HubQueue {
 
 struct QueueInner {
     items: VecDeque<HubInput>,
-    /// Socket frames among `items`.
+    /// Bounded events among `items`: all but connects and disconnects.
     frames: usize,
 }
 
-/// The hub's queue is full: the frame was not taken.
-#[derive(Debug)]
-struct HubFull;
+/// The hub's queue holds [`HUB_QUEUE_CAPACITY`] events already: this one was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubFull;
+
+impl std::fmt::Display for HubFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the channel hub's queue is full")
+    }
+}
+
+impl std::error::Error for HubFull {}
+
+impl HubInput {
+    /// Whether this input counts against the queue's bound.
+    fn is_bounded(&self) -> bool {
+        matches!(self, HubInput::Event(e) if !matches!(
+            e,
+            channel::Event::Connect { .. } | channel::Event::Disconnect { .. }
+        ))
+    }
+}
 
 impl HubQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues anything but a socket frame.
-    fn push(&self, input: HubInput) {
-        self.lock().items.push_back(input);
-        self.ready.notify_one();
-    }
-
-    /// Queues a socket frame, within the bound.
-    fn push_frame(&self, input: HubInput) -> Result<(), HubFull> {
+    /// Queues an input, within the bound if it [is bounded](HubInput::is_bounded).
+    fn push(&self, input: HubInput) -> Result<(), HubFull> {
         let mut inner = self.lock();
-        if inner.frames >= self.capacity {
-            return Err(HubFull);
+        if input.is_bounded() {
+            if inner.frames >= self.capacity {
+                return Err(HubFull);
+            }
+            inner.frames += 1;
         }
-        inner.frames += 1;
         inner.items.push_back(input);
         drop(inner);
         self.ready.notify_one();
@@ -116,7 +131,7 @@ impl HubQueue {
 
     fn take(&self, inner: &mut QueueInner) -> Option<HubInput> {
         let input = inner.items.pop_front()?;
-        if matches!(input, HubInput::Event(channel::Event::Receive { .. })) {
+        if input.is_bounded() {
             inner.frames -= 1;
         }
         Some(input)
@@ -254,7 +269,7 @@ impl Hub {
                         // presences leave now); each closes itself with 1008 on its next turn.
                         for id in evicted {
                             if members.remove(&id).is_some() {
-                                queue.push(HubInput::Event(channel::Event::Disconnect {
+                                let _ = queue.push(HubInput::Event(channel::Event::Disconnect {
                                     now_ms,
                                     client_id: id,
                                 }));
@@ -279,7 +294,7 @@ impl Hub {
     fn send(&self, input: HubInput) {
         // Nobody reads the queue of a failed hub.
         if !self.has_failed() {
-            self.queue.push(input);
+            let _ = self.queue.push(input);
         }
     }
 
@@ -288,8 +303,15 @@ impl Hub {
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).
-    pub fn event(&self, event: channel::Event) {
-        self.send(HubInput::Event(event));
+    ///
+    /// # Errors
+    /// [`HubFull`] when [`HUB_QUEUE_CAPACITY`] events wait already: the hub is not keeping up,
+    /// and the event was dropped. A failed hub drops every event.
+    pub fn event(&self, event: channel::Event) -> Result<(), HubFull> {
+        if self.has_failed() {
+            return Ok(());
+        }
+        self.queue.push(HubInput::Event(event))
     }
 }
 
@@ -477,7 +499,7 @@ impl Handler for ChannelSocket {
         };
         if self.hub.has_failed() {
             conn.close(1011, "channel hub failed");
-        } else if self.hub.queue.push_frame(HubInput::Event(event)).is_err() {
+        } else if self.hub.queue.push(HubInput::Event(event)).is_err() {
             tracing::warn!(
                 client = state.id.0,
                 "the channel hub's queue is full; closing a socket with 1013"
@@ -497,5 +519,60 @@ impl Handler for ChannelSocket {
                 client_id: state.id,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> HubQueue {
+        HubQueue {
+            inner: Mutex::new(QueueInner {
+                items: VecDeque::new(),
+                frames: 0,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn frame(n: u64) -> HubInput {
+        HubInput::Event(channel::Event::Receive {
+            now_ms: 0,
+            client_id: ClientId(n),
+            frame: Frame::Text("[]".into()),
+        })
+    }
+
+    #[test]
+    fn frames_and_application_events_are_bounded_connects_and_disconnects_are_not() {
+        let q = queue(3);
+        for n in 0..3 {
+            assert!(q.push(frame(n)).is_ok());
+        }
+        assert_eq!(q.push(frame(9)).err(), Some(HubFull));
+        let broadcast = HubInput::Event(channel::Event::Broadcast {
+            now_ms: 0,
+            except: None,
+            topic: "t".into(),
+            event: "e".into(),
+            payload: channel::Payload::empty(),
+        });
+        assert_eq!(q.push(broadcast).err(), Some(HubFull));
+        // Lifecycle events always enter, so no socket's presences are ever left behind.
+        let disconnect = channel::Event::Disconnect {
+            now_ms: 0,
+            client_id: ClientId(1),
+        };
+        assert!(q.push(HubInput::Event(disconnect)).is_ok());
+        assert!(q.push(HubInput::Stop).is_ok());
+        // Taking a frame makes room for one more.
+        assert!(matches!(
+            q.pop(),
+            HubInput::Event(channel::Event::Receive { .. })
+        ));
+        assert!(q.push(frame(10)).is_ok());
+        assert_eq!(q.push(frame(11)).err(), Some(HubFull));
     }
 }
