@@ -48,6 +48,10 @@ pub struct Config {
     /// what was in flight when a connection died is lost.
     #[serde(default = "default_true")]
     pub resend_unconfirmed: bool,
+    /// After the handshake, keep the queue until [`Event::Ready`](super::Event::Ready): for
+    /// protocols where a connection must do something first (join a channel). Default false.
+    #[serde(default)]
+    pub hold_until_ready: bool,
     /// How long a call waits for its reply when the call names no timeout. Default 5,000 ms
     /// (Late's `call/3`).
     #[serde(default = "default_call_timeout_ms")]
@@ -102,6 +106,7 @@ impl Config {
             queue_max: default_queue_max(),
             queue_max_len: default_queue_max_len(),
             resend_unconfirmed: true,
+            hold_until_ready: false,
             call_timeout_ms: default_call_timeout_ms(),
             max_calls: default_max_calls(),
             rate_limit: None,

@@ -67,6 +67,21 @@ pub enum Event {
         /// A text or binary message.
         message: Message,
     },
+    /// The application sends a message on this connection only: at once when open (no queue,
+    /// no rate limit, no resend), else nowhere. For what belongs to one connection: a join,
+    /// a heartbeat, an answer.
+    SendNow {
+        /// The shell's clock.
+        now_ms: u64,
+        /// The message.
+        message: Message,
+    },
+    /// With `hold_until_ready`, the connection is ready for the queue (a channel is joined,
+    /// say): queued messages flow from now until the connection ends.
+    Ready {
+        /// The shell's clock.
+        now_ms: u64,
+    },
     /// A caller waits for a reply under `id` (chosen by the shell, unique among waiting calls).
     Call {
         /// The shell's clock.
@@ -113,6 +128,8 @@ impl Event {
             | Event::Receive { now_ms, .. }
             | Event::TransportClosed { now_ms }
             | Event::Send { now_ms, .. }
+            | Event::SendNow { now_ms, .. }
+            | Event::Ready { now_ms }
             | Event::Call { now_ms, .. }
             | Event::Reply { now_ms, .. }
             | Event::Close { now_ms, .. }

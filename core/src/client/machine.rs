@@ -50,6 +50,8 @@ pub struct Client {
     bucket: Bucket,
     calls: Calls,
     close_requested: Option<(u16, String)>,
+    /// The queue may flow on this connection (always, unless `hold_until_ready`).
+    ready: bool,
 }
 
 impl Client {
@@ -77,6 +79,7 @@ impl Client {
             drained_reported: false,
             calls: Calls::default(),
             close_requested: None,
+            ready: false,
         })
     }
 
@@ -133,7 +136,9 @@ impl Client {
                 consider(self.attempt_deadline);
             }
             State::Waiting => consider(self.retry_at),
-            State::Open if self.queue.has_unsent() => consider(self.bucket.next_token_ms()),
+            State::Open if self.ready && self.queue.has_unsent() => {
+                consider(self.bucket.next_token_ms())
+            }
             _ => {}
         }
         consider(self.ws.as_ref().and_then(ws::Connection::next_deadline));
@@ -170,6 +175,13 @@ impl Client {
             Event::Receive { bytes, .. } => self.on_receive(bytes, &mut out),
             Event::TransportClosed { .. } => self.on_transport_closed(&mut out),
             Event::Send { message, .. } => self.on_send(message, &mut out),
+            Event::SendNow { message, .. } => {
+                let now_ms = self.now_ms;
+                if self.state == State::Open {
+                    self.feed(ws::Event::Send { now_ms, message }, &mut out);
+                }
+            }
+            Event::Ready { .. } => self.ready = true,
             Event::Call { id, timeout_ms, .. } => self.on_call(id, timeout_ms, &mut out),
             Event::Reply { id, .. } => {
                 if self.calls.remove(id) {
@@ -179,7 +191,7 @@ impl Client {
             Event::Close { code, reason, .. } => self.on_close(code, reason, &mut out),
             Event::Tick { .. } => self.on_tick(&mut out),
         }
-        if self.state == State::Open {
+        if self.state == State::Open && self.ready {
             self.flush(&mut out);
             if self.queue.is_empty() && !self.drained_reported {
                 self.drained_reported = true;
@@ -450,6 +462,7 @@ impl Client {
 
     fn on_opened(&mut self, protocol: Option<String>, out: &mut Vec<Outbound>) {
         self.state = State::Open;
+        self.ready = !self.config.hold_until_ready;
         self.failures = 0;
         self.attempt_deadline = None;
         let headers = response_headers(&self.head);

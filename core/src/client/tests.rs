@@ -482,6 +482,29 @@ fn a_refused_handshake_is_a_failure_and_close_while_waiting_stops() {
 }
 
 #[test]
+fn hold_until_ready_sends_the_join_first_then_the_queue() {
+    let mut c = config("ws://example.com/socket/websocket");
+    c.hold_until_ready = true;
+    let mut s = Script::new(c);
+    s.at(0, |now_ms| Event::SendNow {
+        now_ms,
+        message: text("not connected: nowhere"),
+    });
+    s.at(0, |now_ms| Event::Send {
+        now_ms,
+        message: text("queued"),
+    });
+    s.at(0, |now_ms| Event::Start { now_ms });
+    s.open(1);
+    s.at(2, |now_ms| Event::SendNow {
+        now_ms,
+        message: text("join"),
+    });
+    s.at(3, |now_ms| Event::Ready { now_ms });
+    insta::assert_snapshot!(s.log);
+}
+
+#[test]
 fn events_and_outbounds_round_trip_through_json() {
     let events = [
         Event::Connected {
