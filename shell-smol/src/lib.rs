@@ -20,8 +20,10 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod cli_client;
 mod client;
 mod io;
+pub mod reconnecting;
 mod server;
 mod tcp_server;
 
