@@ -26,6 +26,7 @@ mod io;
 pub mod reconnecting;
 mod server;
 mod tcp_server;
+pub mod transport;
 
 pub use client::{Client, ClientOptions};
 pub use server::{Server, ServerHandle};
