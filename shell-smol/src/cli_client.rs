@@ -32,6 +32,8 @@ pub struct Options {
     pub proxy: Option<String>,
     /// Speak Phoenix channels, joined to this topic.
     pub phoenix_topic: Option<String>,
+    /// Write the session's event log here.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Runs the client until stdin closes and the queue is sent (or the grace period ends).
@@ -71,17 +73,16 @@ pub fn run(options: Options) -> Result<(), String> {
     config.queue_max = options.queue_max.max(1);
     config.proxy = proxy;
     let grace = Duration::from_millis(options.grace_ms);
+    let record = options.record.as_deref();
     match options.phoenix_topic {
         Some(topic) => {
             config.hold_until_ready = true;
-            run_with(
-                config,
-                Phoenix::new(topic.clone()),
-                grace,
-                move |line, r| Message::text(push(&topic, r, "shout", &json!({ "body": line }))),
-            )
+            let handler = Phoenix::new(topic.clone());
+            run_with(config, handler, grace, record, move |line, r| {
+                Message::text(push(&topic, r, "shout", &json!({ "body": line })))
+            })
         }
-        None => run_with(config, Lines, grace, |line, _| Message::text(line)),
+        None => run_with(config, Lines, grace, record, |line, _| Message::text(line)),
     }
 }
 
@@ -89,9 +90,11 @@ fn run_with<H: Handler<Info = ()>>(
     config: client::Config,
     handler: H,
     grace: Duration,
+    record: Option<&std::path::Path>,
     encode: impl Fn(String, u64) -> Message + Send + 'static,
 ) -> Result<(), String> {
-    let handle = reconnecting::connect(config, handler).map_err(|e| e.to_string())?;
+    let handle =
+        reconnecting::connect_recorded(config, handler, record).map_err(|e| e.to_string())?;
     let sender = handle.sender();
     let (eof_tx, eof_rx) = smol::channel::bounded::<()>(1);
     std::thread::spawn(move || {

@@ -164,6 +164,10 @@ struct ClientArgs {
     /// The topic to join with --phoenix.
     #[arg(long, value_name = "TOPIC", requires = "phoenix")]
     join: Option<String>,
+    /// Write the session's event log to FILE, for `spool replay`. It holds the configuration,
+    /// proxy credentials included: treat it as a secret.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,6 +278,9 @@ enum LogKind {
     WebSocket,
     /// A channel runtime's events and outbounds (`spool_core::replay::ChannelLine`).
     Channel,
+    /// A reconnecting client's session (`spool_core::replay::ClientLine`), from
+    /// `client --record`.
+    Client,
 }
 
 fn log_kind(path: &Path, text: &str) -> Result<LogKind, String> {
@@ -284,6 +291,9 @@ fn log_kind(path: &Path, text: &str) -> Result<LogKind, String> {
     let value: serde_json::Value = serde_json::from_str(first)
         .map_err(|e| format!("{}: line 1 is not JSON: {e}", path.display()))?;
     let setup = value.get("setup");
+    if value.get("client_setup").is_some() {
+        return Ok(LogKind::Client);
+    }
     if setup.and_then(|s| s.get("role")).is_some() {
         Ok(LogKind::WebSocket)
     } else if setup.and_then(|s| s.get("app")).is_some() {
@@ -301,6 +311,7 @@ fn replay_file(log: &Path) -> Result<(), String> {
     match log_kind(log, &text)? {
         LogKind::WebSocket => replay_ws(log, &text),
         LogKind::Channel => replay_channel(log, &text),
+        LogKind::Client => replay_client(log, &text),
     }
 }
 
@@ -322,6 +333,33 @@ fn replay_ws(log: &Path, text: &str) -> Result<(), String> {
         "replayed websocket log {}: {} events, {outbounds} outbounds, {ending}",
         log.display(),
         steps.len()
+    );
+    Ok(())
+}
+
+/// A client log holds only what went in; replaying it says what came out: attempts, drops,
+/// and how the session ended.
+fn replay_client(log: &Path, text: &str) -> Result<(), String> {
+    use spool_core::client::Outbound;
+    let steps =
+        spool_core::replay::replay_client(text).map_err(|e| format!("{}: {e}", log.display()))?;
+    let outbounds: Vec<&Outbound> = steps.iter().flat_map(|(_, out)| out).collect();
+    let count = |f: fn(&Outbound) -> bool| outbounds.iter().filter(|o| f(o)).count();
+    let ending = outbounds
+        .iter()
+        .find_map(|o| match o {
+            Outbound::Stopped { reason } => Some(format!("stopped ({reason:?})")),
+            _ => None,
+        })
+        .unwrap_or_else(|| "still running at the end of the log".to_string());
+    println!(
+        "replayed client log {}: {} events, {} connections opened, {} attempts failed, {} \
+         messages dropped, {ending}",
+        log.display(),
+        steps.len(),
+        count(|o| matches!(o, Outbound::Opened { .. })),
+        count(|o| matches!(o, Outbound::Failed(_))),
+        count(|o| matches!(o, Outbound::Dropped { .. })),
     );
     Ok(())
 }
@@ -387,6 +425,7 @@ fn main() -> ExitCode {
             grace_ms: args.grace_ms,
             proxy: args.proxy,
             phoenix_topic: args.join,
+            record: args.record,
         }),
         Command::Serve(args) => serve(args),
         Command::Replay { log } => replay(&log),

@@ -24,6 +24,7 @@ use futures_rustls::pki_types::ServerName;
 use smol::Async;
 use smol::channel::{Receiver, Sender, TrySendError};
 use spool_core::client::{self, CallError, Event, Outbound, StopReason};
+use spool_core::replay::ClientLine;
 use spool_core::ws::Message;
 
 use crate::client::{Transport, connect_tcp};
@@ -276,13 +277,58 @@ impl<H: Handler> ClientSender<H> {
 /// # Errors
 /// [`spool_core::ws::ConfigError`] when the configuration makes no sense.
 pub fn connect<H: Handler>(
+    config: client::Config,
+    handler: H,
+) -> Result<ClientHandle<H>, ConnectError> {
+    connect_recorded(config, handler, None)
+}
+
+/// Why a client could not start.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The configuration makes no sense.
+    Config(spool_core::ws::ConfigError),
+    /// The record file could not be written.
+    Record(io::Error),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Config(e) => write!(f, "{e}"),
+            ConnectError::Record(e) => write!(f, "cannot write the record file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnectError {}
+
+/// [`connect`], writing the session's event log (`spool_core::replay::ClientLine`, one JSON
+/// object a line) to `record`: replaying it with `spool_core::replay::replay_client` gives the
+/// same outbounds, proxy exchange and reconnects included. The log's first line is the
+/// configuration, proxy credentials included: keep it as secret as they are.
+///
+/// # Errors
+/// [`ConnectError`].
+pub fn connect_recorded<H: Handler>(
     mut config: client::Config,
     handler: H,
-) -> Result<ClientHandle<H>, spool_core::ws::ConfigError> {
+    record: Option<&std::path::Path>,
+) -> Result<ClientHandle<H>, ConnectError> {
     if config.jitter_seed == 0 {
         config.jitter_seed = u64::from_le_bytes(random_bytes());
     }
-    let core = client::Client::new(config)?;
+    let recorder = match record {
+        Some(path) => {
+            let mut file =
+                std::io::BufWriter::new(std::fs::File::create(path).map_err(ConnectError::Record)?);
+            let setup = ClientLine::ClientSetup(Box::new(config.clone()));
+            write_line(&mut file, &setup).map_err(ConnectError::Record)?;
+            Some(file)
+        }
+        None => None,
+    };
+    let core = client::Client::new(config).map_err(ConnectError::Config)?;
     let (commands, inbox) = smol::channel::bounded(64);
     let (replies, reply_inbox) = smol::channel::unbounded();
     let driver = Driver {
@@ -302,6 +348,7 @@ pub fn connect<H: Handler>(
         stopped: None,
         hang_ups: Vec::new(),
         pending: Vec::new(),
+        recorder,
     };
     let task = smol::spawn(driver.run(inbox, reply_inbox));
     Ok(ClientHandle {
@@ -334,6 +381,7 @@ struct Driver<H: Handler> {
     hang_ups: Vec<smol::Task<()>>,
     /// Events the handler's answers produced, given to the machine after the current ones.
     pending: Vec<Event>,
+    recorder: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 enum Wake<H: Handler> {
@@ -548,6 +596,12 @@ impl<H: Handler> Driver<H> {
 
     fn step_one(&mut self, event: Event) {
         tracing::trace!(?event, "client event");
+        if let Some(file) = self.recorder.as_mut() {
+            if let Err(e) = write_line(file, &ClientLine::Event(event.clone())) {
+                tracing::warn!("recording stopped: {e}");
+                self.recorder = None;
+            }
+        }
         for outbound in self.core.handle(event) {
             tracing::trace!(?outbound, "client outbound");
             match outbound {
@@ -619,6 +673,13 @@ impl<H: Handler> Driver<H> {
             }
         }
     }
+}
+
+fn write_line(file: &mut std::io::BufWriter<std::fs::File>, line: &ClientLine) -> io::Result<()> {
+    use std::io::Write as _;
+    serde_json::to_writer(&mut *file, line)?;
+    file.write_all(b"\n")?;
+    file.flush()
 }
 
 async fn start_tls(tcp: Async<TcpStream>, host: String) -> Result<Transport, String> {

@@ -699,3 +699,55 @@ fn phoenix_mode_joins_pushes_shouts_and_prints_broadcasts_from_spool_serve() {
     assert_eq!(talker.stdout(), ["hello", "{\"not\": \"parsed\"}"]);
     chat.shutdown();
 }
+
+#[test]
+fn a_recorded_session_through_a_proxy_replays_to_the_same_outbounds() {
+    use spool_core::client::{Outbound, StopReason};
+    let server = Recorder::start("127.0.0.1:0");
+    let proxy = connect_proxy(Auth::Basic("dTpw"));
+    let dir = std::env::temp_dir().join(format!("spool-client-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("session.jsonl");
+    let mut client = Client::spawn(
+        &server.url(),
+        &[
+            "--proxy",
+            &format!("http://u:p@{}", proxy.addr),
+            "--record",
+            log.to_str().unwrap(),
+        ],
+        &[],
+    );
+    client.line("one");
+    client.line("two");
+    assert!(client.finish(Duration::from_secs(5)).success());
+    assert_eq!(client.stdout(), ["one", "two"]);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first = spool_core::replay::replay_client(&text).unwrap();
+    let again = spool_core::replay::replay_client(&text).unwrap();
+    assert_eq!(first, again, "replays are deterministic");
+    let outbounds: Vec<Outbound> = first.into_iter().flat_map(|(_, out)| out).collect();
+    let connect_request = outbounds.iter().find_map(|o| match o {
+        Outbound::Transmit(t) if t.head().is_empty() && t.body().starts_with(b"CONNECT ") => {
+            Some(String::from_utf8_lossy(t.body()).into_owned())
+        }
+        _ => None,
+    });
+    let connect_request = connect_request.expect("the CONNECT request is in the replay");
+    assert!(
+        connect_request.contains("Proxy-Authorization: Basic dTpw\r\n"),
+        "{connect_request}"
+    );
+    assert!(
+        outbounds
+            .iter()
+            .any(|o| matches!(o, Outbound::Opened { .. }))
+    );
+    assert_eq!(
+        outbounds.last(),
+        Some(&Outbound::Stopped {
+            reason: StopReason::Closed
+        })
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
