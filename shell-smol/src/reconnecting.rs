@@ -35,9 +35,10 @@ use crate::io::{Clock, Deadline, Outgoing, hang_up, poll_read, poll_write, rando
 pub enum Next {
     /// Carry on.
     Ok,
-    /// Send these frames. From `handle_connect` and `handle_in` they belong to this connection
-    /// (sent now, or not at all if it is gone); from `init`, `handle_call` and `handle_info`
-    /// they are queued like [`ClientHandle::send`] and survive reconnects.
+    /// Send these frames. From `handle_connect`, `handle_in` and `handle_info` they belong to
+    /// the current connection (sent now, or not at all if there is none: a heartbeat, a join,
+    /// an answer); from `init`, `handle_call` and `handle_disconnect` they are queued like
+    /// [`ClientHandle::send`] and survive reconnects.
     Reply(Vec<Message>),
     /// With [`client::Config::hold_until_ready`]: the connection is ready, let the queue flow
     /// (a spool addition, for protocols that must join before they push).
@@ -540,7 +541,7 @@ impl<H: Handler> Driver<H> {
             }
             Command::Info(info) => {
                 let next = self.handler.handle_info(info);
-                self.apply(next, false);
+                self.apply(next, true);
                 self.run_pending();
             }
             Command::Close => self.step(Event::Close {

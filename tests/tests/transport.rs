@@ -182,3 +182,37 @@ fn the_core_transport_talks_to_async_tungstenite() {
 fn the_tungstenite_transport_talks_to_async_tungstenite() {
     echoes_through(TungsteniteTransport::default());
 }
+
+/// Answers even numbers with their double, and leaves odd ones to time out.
+struct Doubler;
+
+impl Handler for Doubler {
+    type Call = u32;
+    type Reply = u32;
+    type Info = ();
+
+    fn handle_call(&mut self, n: u32, from: spool_smol::reconnecting::From<u32>) -> Next {
+        if n.is_multiple_of(2) {
+            spool_smol::reconnecting::reply(from, n * 2);
+        }
+        Next::Ok
+    }
+}
+
+#[test]
+fn calls_from_outside_get_their_reply_or_time_out() {
+    let url = echo_server();
+    let handle = spool_smol::reconnecting::connect(config(&url), Doubler).unwrap();
+    smol::block_on(async {
+        assert_eq!(handle.call(21 * 2, Duration::from_secs(2)).await, Ok(84));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            handle.call(7, Duration::from_millis(100)).await,
+            Err(client::CallError::Timeout)
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        handle.close().await;
+        let reason = handle.wait().await;
+        assert_eq!(reason, client::StopReason::Closed);
+    });
+}
