@@ -30,94 +30,7 @@ use spool_core::ws::Message;
 use crate::client::{Transport, connect_tcp};
 use crate::io::{Clock, Deadline, Outgoing, hang_up, poll_read, poll_write, random_bytes};
 
-/// What a callback asks of the connection (Late's `call_result`).
-#[derive(Debug)]
-pub enum Next {
-    /// Carry on.
-    Ok,
-    /// Send these frames. From `handle_connect`, `handle_in` and `handle_info` they belong to
-    /// the current connection (sent now, or not at all if there is none: a heartbeat, a join,
-    /// an answer); from `init`, `handle_call` and `handle_disconnect` they are queued like
-    /// [`ClientHandle::send`] and survive reconnects.
-    Reply(Vec<Message>),
-    /// With [`client::Config::hold_until_ready`]: the connection is ready, let the queue flow
-    /// (a spool addition, for protocols that must join before they push).
-    Ready,
-    /// Close the connection with 1000 and stop reconnecting.
-    Stop,
-}
-
-/// The callbacks of a reconnecting client, every one defaulted (Late's behaviour).
-pub trait Handler: Send + 'static {
-    /// What [`ClientHandle::call`] carries in.
-    type Call: Send + 'static;
-    /// What [`reply`] carries back.
-    type Reply: Send + 'static;
-    /// What [`ClientHandle::info`] carries in.
-    type Info: Send + 'static;
-
-    /// Runs once, before the first attempt.
-    fn init(&mut self) -> Next {
-        Next::Ok
-    }
-
-    /// After connecting or reconnecting, with the server's response headers.
-    fn handle_connect(&mut self, headers: &[(String, String)]) -> Next {
-        let _ = headers;
-        Next::Ok
-    }
-
-    /// After an open connection ended, with its close code and reason (1006 and empty when it
-    /// ended without a close handshake; 1001 `pong timeout` when the peer stopped answering).
-    fn handle_disconnect(&mut self, code: u16, reason: &str) -> Next {
-        let _ = (code, reason);
-        Next::Ok
-    }
-
-    /// A frame arrived: text, binary, and pings and pongs (pings are answered already).
-    fn handle_in(&mut self, frame: Message) -> Next {
-        let _ = frame;
-        Next::Ok
-    }
-
-    /// A [`ClientHandle::call`] arrived; answer it with [`reply`] (now or later). Returning
-    /// `Reply(frames)` sends frames to the server, not to the caller. Dropping `from` without
-    /// a reply leaves the caller to its timeout.
-    fn handle_call(&mut self, call: Self::Call, from: From<Self::Reply>) -> Next {
-        let _ = (call, from);
-        Next::Ok
-    }
-
-    /// A [`ClientHandle::info`] arrived.
-    fn handle_info(&mut self, info: Self::Info) -> Next {
-        let _ = info;
-        Next::Ok
-    }
-
-    /// An attempt failed (spool addition): refused, timed out, a proxy's refusal.
-    fn handle_failure(&mut self, error: &client::Error) {
-        let _ = error;
-    }
-
-    /// The queue was full and a message was dropped; `dropped` is the running total (spool
-    /// addition).
-    fn handle_dropped(&mut self, dropped: u64) {
-        let _ = dropped;
-    }
-}
-
-/// Who is waiting for a reply: hand it to [`reply`].
-#[derive(Debug)]
-pub struct From<R> {
-    id: u64,
-    replies: Sender<(u64, R)>,
-}
-
-/// Answers a call (Late's `reply/2`). A reply after the call timed out goes nowhere.
-pub fn reply<R>(from: From<R>, value: R) {
-    // The driver may be gone (stopped); then nobody waits.
-    let _ = from.replies.try_send((from.id, value));
-}
+pub use spool_std::late::{From, Handler, Next, reply};
 
 enum Command<H: Handler> {
     Send(Message),
@@ -530,10 +443,11 @@ impl<H: Handler> Driver<H> {
                     timeout_ms,
                 });
                 if self.waiters.contains_key(&id) {
-                    let from = From {
-                        id,
-                        replies: self.replies.clone(),
-                    };
+                    let replies = self.replies.clone();
+                    let from = From::new(id, move |id, value| {
+                        // The driver may be gone (stopped); then nobody waits.
+                        let _ = replies.try_send((id, value));
+                    });
                     let next = self.handler.handle_call(call, from);
                     self.apply(next, false);
                     self.run_pending();

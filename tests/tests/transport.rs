@@ -120,7 +120,11 @@ fn the_mock_transport_drives_every_state() {
 
 /// An async-tungstenite echo server.
 fn echo_server() -> String {
-    let listener = smol::block_on(smol::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    echo_server_on("127.0.0.1:0")
+}
+
+fn echo_server_on(bind: &str) -> String {
+    let listener = smol::block_on(smol::net::TcpListener::bind(bind)).unwrap();
     let url = format!("ws://{}/", listener.local_addr().unwrap());
     smol::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
@@ -215,4 +219,55 @@ fn calls_from_outside_get_their_reply_or_time_out() {
         let reason = handle.wait().await;
         assert_eq!(reason, client::StopReason::Closed);
     });
+}
+
+#[test]
+fn the_std_driver_waits_out_refusals_then_delivers_in_order() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let notes: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut config = config(&format!("ws://127.0.0.1:{port}/"));
+    config.backoff.initial_ms = 20;
+    config.backoff.max_ms = 100;
+    let handle = spool_std::reconnecting::connect(config, Notes(notes.clone())).unwrap();
+    for text in ["a", "b"] {
+        assert!(handle.send(Message::text(text)));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        notes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("failed connect failed")),
+        "{:?}",
+        notes.lock().unwrap()
+    );
+    echo_server_on(&format!("127.0.0.1:{port}"));
+    wait_for(&notes, "in re:b");
+    handle.finish(Duration::ZERO);
+    assert_eq!(handle.wait(), client::StopReason::Closed);
+    let notes = notes.lock().unwrap().clone();
+    let ins: Vec<&str> = notes
+        .iter()
+        .filter(|n| n.starts_with("in "))
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ins, ["in a", "in b", "in re:a", "in re:b"]);
+}
+
+#[test]
+fn the_std_driver_answers_calls_or_times_them_out() {
+    let url = echo_server();
+    let handle = spool_std::reconnecting::connect(config(&url), Doubler).unwrap();
+    assert_eq!(handle.call(8, Duration::from_secs(2)), Ok(16));
+    assert_eq!(
+        handle.call(9, Duration::from_millis(50)),
+        Err(client::CallError::Timeout)
+    );
+    handle.close();
+    assert_eq!(handle.wait(), client::StopReason::Closed);
 }
