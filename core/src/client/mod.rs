@@ -36,6 +36,7 @@ mod config;
 mod error;
 mod event;
 mod machine;
+pub mod phoenix;
 mod proxy;
 mod queue;
 mod rate;
