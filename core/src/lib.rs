@@ -46,6 +46,7 @@
 
 mod b64;
 pub mod channel;
+pub mod client;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -113,6 +113,48 @@ pub fn replay_ws(log: &str) -> Result<Vec<(ws::Event, Vec<ws::Outbound>)>, Repla
     Ok(steps)
 }
 
+/// One line of a client session's log ([`crate::client::Client`]): its configuration first,
+/// then every event it was given. The proxy exchange, the handshakes and every reconnect are
+/// events like the rest, so a log replays a whole session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientLine {
+    /// The first line: the configuration the client was made with.
+    ClientSetup(Box<crate::client::Config>),
+    /// Every later line.
+    Event(crate::client::Event),
+}
+
+/// Replays a client session's log: each event with the outbounds it produces.
+///
+/// # Errors
+/// [`ReplayError`] for a malformed log or an invalid configuration.
+pub fn replay_client(
+    log: &str,
+) -> Result<Vec<(crate::client::Event, Vec<crate::client::Outbound>)>, ReplayError> {
+    let mut client = None;
+    let mut steps = Vec::new();
+    for (i, text) in log
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let line: ClientLine =
+            serde_json::from_str(text).map_err(|e| ReplayError::Parse(i + 1, e))?;
+        match (line, client.as_mut()) {
+            (ClientLine::ClientSetup(config), None) => {
+                client = Some(crate::client::Client::new(*config).map_err(ReplayError::Config)?);
+            }
+            (ClientLine::Event(event), Some(c)) => {
+                let out = c.handle(event.clone());
+                steps.push((event, out));
+            }
+            _ => return Err(ReplayError::Setup(i + 1)),
+        }
+    }
+    Ok(steps)
+}
+
 /// A readable rendering of outbounds, one a line, bytes as hex (text when printable): what the
 /// insta snapshots of replayed logs hold.
 pub fn render_outbounds(out: &[ws::Outbound]) -> String {

@@ -334,7 +334,7 @@ fn handshake_error(info: Option<&CloseInfo>) -> ClientError {
 }
 
 /// Plain TCP, or TLS over it.
-enum Transport {
+pub(crate) enum Transport {
     Plain(Async<TcpStream>),
     Tls(Box<futures_rustls::client::TlsStream<Async<TcpStream>>>),
 }
@@ -355,7 +355,7 @@ async fn open_transport(url: &Url, ca_file: Option<&Path>) -> Result<Transport, 
     Ok(Transport::Tls(Box::new(tls)))
 }
 
-async fn connect_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
+pub(crate) async fn connect_tcp(host: &str, port: u16) -> io::Result<Async<TcpStream>> {
     let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {

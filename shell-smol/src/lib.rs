@@ -20,10 +20,13 @@
 #![warn(missing_docs)]
 
 pub mod chat;
+pub mod cli_client;
 mod client;
 mod io;
+pub mod reconnecting;
 mod server;
 mod tcp_server;
+pub mod transport;
 
 pub use client::{Client, ClientOptions};
 pub use server::{Server, ServerHandle};

@@ -36,6 +36,10 @@ enum Command {
     Echo(EchoArgs),
     /// Run the client side of the Autobahn suite against a fuzzing server.
     EchoClient(EchoClientArgs),
+    /// Connect to a WebSocket server and stay connected: each stdin line is sent as one text
+    /// message, in order, queued while disconnected; what arrives is printed on stdout. Exits 0
+    /// once stdin closes and everything queued was sent, or after --grace-ms.
+    Client(ClientArgs),
     /// Serve Phoenix-compatible channels at /socket/websocket, with a demo `room:*` channel
     /// and a chat page at /.
     Serve(ServeArgs),
@@ -122,6 +126,48 @@ struct EchoClientArgs {
     /// Agent name in the reports [default: $AUTOBAHN_AGENT, else "spool"].
     #[arg(long)]
     agent: Option<String>,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// The server, ws:// or wss://.
+    url: String,
+    /// Send a ping when nothing arrived for this long.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    ping_interval_ms: u64,
+    /// The peer is dead if no pong arrives this long after a ping.
+    #[arg(long, value_name = "MS", default_value_t = 30_000)]
+    pong_timeout_ms: u64,
+    /// The first delay between attempts.
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    backoff_initial_ms: u64,
+    /// The largest delay between attempts.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    backoff_cap_ms: u64,
+    /// Connect plus handshake (and proxy, and TLS).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    connect_timeout_ms: u64,
+    /// Lines kept while disconnected; past it lines are dropped and counted (dropped=N).
+    #[arg(long, value_name = "LINES", default_value_t = 1_000)]
+    queue_max: usize,
+    /// How long to flush after stdin closes.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    grace_ms: u64,
+    /// An HTTP proxy to tunnel through with CONNECT, http://[user:pass@]host:port
+    /// [default: $https_proxy for wss://, $http_proxy for ws://, unless $no_proxy names the host].
+    #[arg(long, value_name = "URL")]
+    proxy: Option<String>,
+    /// Speak Phoenix channels: each line is pushed as `shout` {"body": line}, broadcasts are
+    /// printed.
+    #[arg(long, requires = "join")]
+    phoenix: bool,
+    /// The topic to join with --phoenix.
+    #[arg(long, value_name = "TOPIC", requires = "phoenix")]
+    join: Option<String>,
+    /// Write the session's event log to FILE, for `spool replay`. It holds the configuration,
+    /// proxy credentials included: treat it as a secret.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,6 +278,9 @@ enum LogKind {
     WebSocket,
     /// A channel runtime's events and outbounds (`spool_core::replay::ChannelLine`).
     Channel,
+    /// A reconnecting client's session (`spool_core::replay::ClientLine`), from
+    /// `client --record`.
+    Client,
 }
 
 fn log_kind(path: &Path, text: &str) -> Result<LogKind, String> {
@@ -242,6 +291,9 @@ fn log_kind(path: &Path, text: &str) -> Result<LogKind, String> {
     let value: serde_json::Value = serde_json::from_str(first)
         .map_err(|e| format!("{}: line 1 is not JSON: {e}", path.display()))?;
     let setup = value.get("setup");
+    if value.get("client_setup").is_some() {
+        return Ok(LogKind::Client);
+    }
     if setup.and_then(|s| s.get("role")).is_some() {
         Ok(LogKind::WebSocket)
     } else if setup.and_then(|s| s.get("app")).is_some() {
@@ -259,6 +311,7 @@ fn replay_file(log: &Path) -> Result<(), String> {
     match log_kind(log, &text)? {
         LogKind::WebSocket => replay_ws(log, &text),
         LogKind::Channel => replay_channel(log, &text),
+        LogKind::Client => replay_client(log, &text),
     }
 }
 
@@ -280,6 +333,33 @@ fn replay_ws(log: &Path, text: &str) -> Result<(), String> {
         "replayed websocket log {}: {} events, {outbounds} outbounds, {ending}",
         log.display(),
         steps.len()
+    );
+    Ok(())
+}
+
+/// A client log holds only what went in; replaying it says what came out: attempts, drops,
+/// and how the session ended.
+fn replay_client(log: &Path, text: &str) -> Result<(), String> {
+    use spool_core::client::Outbound;
+    let steps =
+        spool_core::replay::replay_client(text).map_err(|e| format!("{}: {e}", log.display()))?;
+    let outbounds: Vec<&Outbound> = steps.iter().flat_map(|(_, out)| out).collect();
+    let count = |f: fn(&Outbound) -> bool| outbounds.iter().filter(|o| f(o)).count();
+    let ending = outbounds
+        .iter()
+        .find_map(|o| match o {
+            Outbound::Stopped { reason } => Some(format!("stopped ({reason:?})")),
+            _ => None,
+        })
+        .unwrap_or_else(|| "still running at the end of the log".to_string());
+    println!(
+        "replayed client log {}: {} events, {} connections opened, {} attempts failed, {} \
+         messages dropped, {ending}",
+        log.display(),
+        steps.len(),
+        count(|o| matches!(o, Outbound::Opened { .. })),
+        count(|o| matches!(o, Outbound::Failed(_))),
+        count(|o| matches!(o, Outbound::Dropped { .. })),
     );
     Ok(())
 }
@@ -334,6 +414,19 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Echo(args) => echo("echo", args),
         Command::EchoClient(args) => echo_client(args),
+        Command::Client(args) => spool_smol::cli_client::run(spool_smol::cli_client::Options {
+            url: args.url,
+            ping_interval_ms: args.ping_interval_ms,
+            pong_timeout_ms: args.pong_timeout_ms,
+            backoff_initial_ms: args.backoff_initial_ms,
+            backoff_cap_ms: args.backoff_cap_ms,
+            connect_timeout_ms: args.connect_timeout_ms,
+            queue_max: args.queue_max,
+            grace_ms: args.grace_ms,
+            proxy: args.proxy,
+            phoenix_topic: args.join,
+            record: args.record,
+        }),
         Command::Serve(args) => serve(args),
         Command::Replay { log } => replay(&log),
     };

@@ -1,0 +1,272 @@
+//! `spool client URL`: stdin lines out as text messages, what arrives on stdout, reconnecting.
+
+use std::io::{BufRead as _, Write as _};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use spool_core::client::{self, Backoff, Proxy, proxy_from_env};
+use spool_core::ws::{Message, Url};
+
+use crate::reconnecting::{self, Handler, Next};
+
+/// What `spool client` was asked to do.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The server's URL.
+    pub url: String,
+    /// Ping this often when nothing arrives.
+    pub ping_interval_ms: u64,
+    /// The peer is dead when nothing answers a ping this long.
+    pub pong_timeout_ms: u64,
+    /// The first backoff delay.
+    pub backoff_initial_ms: u64,
+    /// The largest backoff delay.
+    pub backoff_cap_ms: u64,
+    /// Connect plus handshake.
+    pub connect_timeout_ms: u64,
+    /// Lines kept while disconnected.
+    pub queue_max: usize,
+    /// How long to flush after stdin closes.
+    pub grace_ms: u64,
+    /// `--proxy`; else the environment.
+    pub proxy: Option<String>,
+    /// Speak Phoenix channels, joined to this topic.
+    pub phoenix_topic: Option<String>,
+    /// Write the session's event log here.
+    pub record: Option<std::path::PathBuf>,
+}
+
+/// Runs the client until stdin closes and the queue is sent (or the grace period ends).
+///
+/// # Errors
+/// A bad URL, proxy or option.
+pub fn run(options: Options) -> Result<(), String> {
+    let mut url = Url::parse(&options.url).map_err(|e| format!("{}: {e}", options.url))?;
+    if options.phoenix_topic.is_some() && !url.target.contains("vsn=") {
+        let sep = if url.target.contains('?') { '&' } else { '?' };
+        url.target.push(sep);
+        url.target.push_str("vsn=2.0.0");
+    }
+    let proxy = match &options.proxy {
+        Some(p) => Some(Proxy::parse(p)?),
+        None => {
+            let var = |names: [&str; 2]| names.iter().find_map(|n| std::env::var(n).ok());
+            proxy_from_env(
+                &url,
+                var(["https_proxy", "HTTPS_PROXY"]).as_deref(),
+                var(["http_proxy", "HTTP_PROXY"]).as_deref(),
+                var(["no_proxy", "NO_PROXY"]).as_deref(),
+            )?
+        }
+    };
+    let mut config = client::Config::new(url);
+    config.ws.ping_interval_ms = Some(options.ping_interval_ms.max(1));
+    config.ws.pong_timeout_ms = Some(options.pong_timeout_ms.max(1));
+    config.connect_timeout_ms = options.connect_timeout_ms.max(1);
+    config.backoff = Backoff {
+        initial_ms: options.backoff_initial_ms.max(1),
+        max_ms: options
+            .backoff_cap_ms
+            .max(options.backoff_initial_ms.max(1)),
+        ..Backoff::default()
+    };
+    config.queue_max = options.queue_max.max(1);
+    config.proxy = proxy;
+    let grace = Duration::from_millis(options.grace_ms);
+    let record = options.record.as_deref();
+    match options.phoenix_topic {
+        Some(topic) => {
+            config.hold_until_ready = true;
+            let handler = Phoenix::new(topic.clone());
+            run_with(config, handler, grace, record, move |line, r| {
+                Message::text(push(&topic, r, "shout", &json!({ "body": line })))
+            })
+        }
+        None => run_with(config, Lines, grace, record, |line, _| Message::text(line)),
+    }
+}
+
+fn run_with<H: Handler<Info = ()>>(
+    config: client::Config,
+    handler: H,
+    grace: Duration,
+    record: Option<&std::path::Path>,
+    encode: impl Fn(String, u64) -> Message + Send + 'static,
+) -> Result<(), String> {
+    let handle =
+        reconnecting::connect_recorded(config, handler, record).map_err(|e| e.to_string())?;
+    let sender = handle.sender();
+    let (eof_tx, eof_rx) = smol::channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        let stdin = std::io::stdin();
+        let mut line = String::new();
+        // Push refs count from 1000, clear of the join's.
+        let mut reference = 1_000u64;
+        loop {
+            line.clear();
+            match stdin.lock().read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = line.trim_end_matches(['\n', '\r']).to_string();
+                    reference += 1;
+                    if sender.send_blocking(encode(text, reference)).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        sender.finish_blocking(Duration::from_millis(FINISH_LINGER_MS));
+        let _ = eof_tx.send_blocking(());
+    });
+    let heartbeat = handle.sender();
+    std::thread::spawn(move || {
+        // Phoenix closes a socket that sent no heartbeat for 60 s; other handlers ignore it.
+        loop {
+            std::thread::sleep(Duration::from_secs(30));
+            if !heartbeat.try_info(()) {
+                // Busy or stopped: try again next time.
+            }
+        }
+    });
+    smol::block_on(async move {
+        let waited = async { Some(handle.wait().await) };
+        let graced = async {
+            let _ = eof_rx.recv().await;
+            smol::Timer::after(grace).await;
+            None
+        };
+        match futures_lite::future::or(waited, graced).await {
+            Some(_) => {}
+            None => eprintln!("spool client: grace period over, exiting with messages unsent"),
+        }
+    });
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+/// After stdin closed and everything queued was sent, how long answers may still arrive and
+/// be printed (a broadcast goes through the server's hub after the push that caused it).
+const FINISH_LINGER_MS: u64 = 200;
+
+/// Plain mode: prints every text message (binary ones as lossy UTF-8).
+struct Lines;
+
+impl Handler for Lines {
+    type Call = ();
+    type Reply = ();
+    type Info = ();
+
+    fn handle_in(&mut self, frame: Message) -> Next {
+        match frame {
+            Message::Text(t) => println!("{}", t.as_str()),
+            Message::Binary(b) => println!("{}", String::from_utf8_lossy(&b)),
+            Message::Ping(_) | Message::Pong(_) => {}
+        }
+        Next::Ok
+    }
+
+    fn handle_disconnect(&mut self, code: u16, reason: &str) -> Next {
+        eprintln!("spool client: disconnected ({code} {reason:?})");
+        Next::Ok
+    }
+
+    fn handle_failure(&mut self, error: &client::Error) {
+        eprintln!("spool client: {error}");
+    }
+
+    fn handle_dropped(&mut self, dropped: u64) {
+        eprintln!("spool client: queue full, dropped={dropped}");
+    }
+}
+
+/// A Phoenix V2 push frame.
+fn push(topic: &str, reference: u64, event: &str, payload: &Value) -> String {
+    json!([JOIN_REF, reference.to_string(), topic, event, payload]).to_string()
+}
+
+/// Every join of this process uses one join_ref: each connection is a new socket, so the
+/// server never sees it twice, and pushes queued under it stay valid across reconnects.
+const JOIN_REF: &str = "1";
+
+/// `--phoenix --join TOPIC`: joins on every connect, releases the queue once joined, prints
+/// broadcasts (the `body` of a payload that has one, else the event and payload).
+struct Phoenix {
+    topic: String,
+    heartbeat_ref: u64,
+}
+
+impl Phoenix {
+    fn new(topic: String) -> Phoenix {
+        Phoenix {
+            topic,
+            heartbeat_ref: 0,
+        }
+    }
+}
+
+impl Handler for Phoenix {
+    type Call = ();
+    type Reply = ();
+    type Info = ();
+
+    fn handle_connect(&mut self, _headers: &[(String, String)]) -> Next {
+        let join = json!([JOIN_REF, JOIN_REF, self.topic, "phx_join", {}]).to_string();
+        Next::Reply(vec![Message::text(join)])
+    }
+
+    fn handle_in(&mut self, frame: Message) -> Next {
+        let Some(text) = frame.as_text() else {
+            return Next::Ok;
+        };
+        let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(text) else {
+            return Next::Ok;
+        };
+        let [_join_ref, reference, topic, event, payload] = &parts[..] else {
+            return Next::Ok;
+        };
+        match event.as_str() {
+            Some("phx_reply") if reference.as_str() == Some(JOIN_REF) => {
+                if payload["status"] == "ok" {
+                    return Next::Ready;
+                }
+                eprintln!("spool client: join refused: {}", payload["response"]);
+            }
+            Some("phx_reply") if payload["status"] != "ok" => {
+                eprintln!("spool client: push refused: {}", payload["response"]);
+            }
+            Some("phx_error") if topic.as_str() == Some(&self.topic) => {
+                // The channel crashed: join again on this connection (phoenix.js rejoins).
+                let join = json!([JOIN_REF, JOIN_REF, self.topic, "phx_join", {}]).to_string();
+                return Next::Reply(vec![Message::text(join)]);
+            }
+            Some(event) if !event.starts_with("phx_") && !event.starts_with("presence_") => {
+                match payload.get("body").and_then(Value::as_str) {
+                    Some(body) => println!("{body}"),
+                    None => println!("{event} {payload}"),
+                }
+            }
+            _ => {}
+        }
+        Next::Ok
+    }
+
+    fn handle_info(&mut self, _info: ()) -> Next {
+        self.heartbeat_ref += 1;
+        let reference = format!("hb{}", self.heartbeat_ref);
+        let beat = json!([null, reference, "phoenix", "heartbeat", {}]).to_string();
+        Next::Reply(vec![Message::text(beat)])
+    }
+
+    fn handle_disconnect(&mut self, code: u16, reason: &str) -> Next {
+        eprintln!("spool client: disconnected ({code} {reason:?})");
+        Next::Ok
+    }
+
+    fn handle_failure(&mut self, error: &client::Error) {
+        eprintln!("spool client: {error}");
+    }
+
+    fn handle_dropped(&mut self, dropped: u64) {
+        eprintln!("spool client: queue full, dropped={dropped}");
+    }
+}

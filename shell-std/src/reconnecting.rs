@@ -1,0 +1,419 @@
+//! A reconnecting client on std threads, driven by spool-core's [`client::Client`] session
+//! machine and calling a Late-shaped [`Handler`](crate::late::Handler).
+//!
+//! One driver thread owns the machine and the handler and waits on one channel, with a timeout
+//! at the machine's next deadline; a short-lived thread per attempt opens the TCP connection,
+//! and a reader thread per connection turns reads into messages on that channel. Plain
+//! `ws://` (through a proxy too); a `wss://` URL fails each attempt with a TLS error (use
+//! spool-smol's driver for TLS).
+
+use std::collections::HashMap;
+use std::io::{self, Read as _, Write as _};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs as _};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::Duration;
+
+use bytes::Bytes;
+use spool_core::client::{self, CallError, Event, Outbound, StopReason};
+use spool_core::ws::{ConfigError, Message};
+
+use crate::clock::Clock;
+use crate::late::{From, Handler, Next};
+
+enum Input<H: Handler> {
+    Send(Message),
+    Call {
+        call: H::Call,
+        id: u64,
+        timeout_ms: u64,
+        answer: mpsc::SyncSender<Result<H::Reply, CallError>>,
+    },
+    Info(H::Info),
+    Close,
+    Finish(u64),
+    Reply(u64, H::Reply),
+    Connected(u64, io::Result<TcpStream>),
+    Bytes(u64, Bytes),
+    Closed(u64),
+}
+
+/// What the caller of [`connect`] keeps.
+pub struct ClientHandle<H: Handler> {
+    inputs: Sender<Input<H>>,
+    next_call: std::sync::atomic::AtomicU64,
+    thread: thread::JoinHandle<StopReason>,
+}
+
+impl<H: Handler> ClientHandle<H> {
+    /// Sends a text or binary message: at once when connected, else queued (dropped, with
+    /// `handle_dropped`, when the queue is full). Returns false once the client has stopped.
+    pub fn send(&self, message: Message) -> bool {
+        self.inputs.send(Input::Send(message)).is_ok()
+    }
+
+    /// Calls the handler and waits for its reply, at most `timeout`.
+    ///
+    /// # Errors
+    /// [`CallError`]: timed out, too many waiting, or the client stopped.
+    pub fn call(&self, call: H::Call, timeout: Duration) -> Result<H::Reply, CallError> {
+        let (answer, answered) = mpsc::sync_channel(1);
+        let id = self
+            .next_call
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let call = Input::Call {
+            call,
+            id,
+            timeout_ms,
+            answer,
+        };
+        self.inputs.send(call).map_err(|_| CallError::Stopped)?;
+        answered.recv().unwrap_or(Err(CallError::Stopped))
+    }
+
+    /// Gives the handler a message (`handle_info`).
+    pub fn info(&self, info: H::Info) -> bool {
+        self.inputs.send(Input::Info(info)).is_ok()
+    }
+
+    /// Closes now (1000) and stops reconnecting.
+    pub fn close(&self) {
+        let _ = self.inputs.send(Input::Close);
+    }
+
+    /// Closes once everything queued is sent and confirmed, `linger` later.
+    pub fn finish(&self, linger: Duration) {
+        let linger_ms = u64::try_from(linger.as_millis()).unwrap_or(u64::MAX);
+        let _ = self.inputs.send(Input::Finish(linger_ms));
+    }
+
+    /// Waits until the client stops.
+    pub fn wait(self) -> StopReason {
+        drop(self.inputs);
+        self.thread.join().unwrap_or(StopReason::Closed)
+    }
+}
+
+/// Starts a reconnecting client for `config` with `handler` on a thread of its own.
+///
+/// # Errors
+/// [`ConfigError`] when the configuration makes no sense.
+pub fn connect<H: Handler>(
+    mut config: client::Config,
+    handler: H,
+) -> Result<ClientHandle<H>, ConfigError> {
+    if config.jitter_seed == 0 {
+        let mut seed = [0u8; 8];
+        crate::random::fill(&mut seed);
+        config.jitter_seed = u64::from_le_bytes(seed);
+    }
+    let connect_timeout = Duration::from_millis(config.connect_timeout_ms);
+    let core = client::Client::new(config)?;
+    let (inputs, rx) = mpsc::channel();
+    let driver = Driver {
+        core,
+        clock: Clock::new(),
+        handler,
+        inputs: inputs.clone(),
+        stream: None,
+        attempt: 0,
+        connect_timeout,
+        waiters: HashMap::new(),
+        values: HashMap::new(),
+        finishing: None,
+        close_at: None,
+        stopped: None,
+        pending: Vec::new(),
+    };
+    let thread = thread::Builder::new()
+        .name("spool-client".into())
+        .spawn(move || driver.run(rx))
+        .map_err(|_| ConfigError {
+            field: "thread",
+            why: "cannot start the client's thread",
+        })?;
+    Ok(ClientHandle {
+        inputs,
+        next_call: std::sync::atomic::AtomicU64::new(1),
+        thread,
+    })
+}
+
+struct Driver<H: Handler> {
+    core: client::Client,
+    clock: Clock,
+    handler: H,
+    inputs: Sender<Input<H>>,
+    stream: Option<TcpStream>,
+    /// Counts attempts, so that a late message from an abandoned one is ignored.
+    attempt: u64,
+    connect_timeout: Duration,
+    waiters: HashMap<u64, mpsc::SyncSender<Result<H::Reply, CallError>>>,
+    values: HashMap<u64, H::Reply>,
+    finishing: Option<u64>,
+    close_at: Option<u64>,
+    stopped: Option<StopReason>,
+    pending: Vec<Event>,
+}
+
+impl<H: Handler> Driver<H> {
+    fn run(mut self, rx: Receiver<Input<H>>) -> StopReason {
+        let next = self.handler.init();
+        self.apply(next, false);
+        self.step(Event::Start { now_ms: 0 });
+        while self.stopped.is_none() {
+            let next = match (self.core.next_deadline(), self.close_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let input = match next {
+                Some(at) => rx.recv_timeout(self.clock.until(at)),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            let now_ms = self.clock.now_ms();
+            match input {
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.close_at.is_some_and(|t| now_ms >= t) {
+                        self.close_at = None;
+                        self.close(now_ms);
+                    } else {
+                        self.step(Event::Tick { now_ms });
+                    }
+                }
+                // Not reached while the driver holds a sender of its own.
+                Err(RecvTimeoutError::Disconnected) => self.close(now_ms),
+                Ok(input) => self.input(input, now_ms),
+            }
+        }
+        if let Some(stream) = self.stream.take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        self.stopped.unwrap_or(StopReason::Closed)
+    }
+
+    fn close(&mut self, now_ms: u64) {
+        self.step(Event::Close {
+            now_ms,
+            code: 1000,
+            reason: String::new(),
+        });
+    }
+
+    fn input(&mut self, input: Input<H>, now_ms: u64) {
+        match input {
+            Input::Send(message) => self.step(Event::Send { now_ms, message }),
+            Input::Call {
+                call,
+                id,
+                timeout_ms,
+                answer,
+            } => {
+                self.waiters.insert(id, answer);
+                self.step(Event::Call {
+                    now_ms,
+                    id,
+                    timeout_ms: Some(timeout_ms),
+                });
+                if self.waiters.contains_key(&id) {
+                    let inputs = self.inputs.clone();
+                    let from = From::new(id, move |id, value| {
+                        let _ = inputs.send(Input::Reply(id, value));
+                    });
+                    let next = self.handler.handle_call(call, from);
+                    self.apply(next, false);
+                    self.run_pending();
+                }
+            }
+            Input::Info(info) => {
+                let next = self.handler.handle_info(info);
+                self.apply(next, true);
+                self.run_pending();
+            }
+            Input::Close => self.close(now_ms),
+            Input::Finish(linger_ms) => {
+                self.finishing = Some(linger_ms);
+                if self.core.queued() == 0 {
+                    self.close_at = Some(now_ms.saturating_add(linger_ms));
+                }
+            }
+            Input::Reply(id, value) => {
+                self.values.insert(id, value);
+                self.step(Event::Reply { now_ms, id });
+                self.values.remove(&id);
+            }
+            Input::Connected(attempt, result) if attempt == self.attempt => match result {
+                Ok(stream) => self.connected(stream, now_ms),
+                Err(e) => self.step(Event::ConnectFailed {
+                    now_ms,
+                    reason: e.to_string(),
+                }),
+            },
+            Input::Bytes(attempt, bytes) if attempt == self.attempt => {
+                self.step(Event::Receive { now_ms, bytes });
+            }
+            Input::Closed(attempt) if attempt == self.attempt && self.stream.is_some() => {
+                self.stream = None;
+                self.step(Event::TransportClosed { now_ms });
+            }
+            // From an attempt given up already.
+            Input::Connected(..) | Input::Bytes(..) | Input::Closed(_) => {}
+        }
+    }
+
+    fn connected(&mut self, stream: TcpStream, now_ms: u64) {
+        let _ = stream.set_nodelay(true);
+        // A peer that stops reading cannot hold a write for longer than an attempt may take;
+        // the failed write ends the connection like any other.
+        let _ = stream.set_write_timeout(Some(self.connect_timeout));
+        let Ok(mut reader) = stream.try_clone() else {
+            let reason = "cannot share the socket with a reader thread".to_string();
+            return self.step(Event::ConnectFailed { now_ms, reason });
+        };
+        let (attempt, inputs) = (self.attempt, self.inputs.clone());
+        thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let bytes = Bytes::copy_from_slice(&buf[..n]);
+                        if inputs.send(Input::Bytes(attempt, bytes)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = inputs.send(Input::Closed(attempt));
+        });
+        self.stream = Some(stream);
+        let mut key = [0u8; 16];
+        crate::random::fill(&mut key);
+        let mut seed = [0u8; 8];
+        crate::random::fill(&mut seed);
+        self.step(Event::Connected {
+            now_ms,
+            key,
+            mask_seed: u64::from_le_bytes(seed),
+        });
+    }
+
+    fn apply(&mut self, next: Next, this_connection: bool) {
+        let now_ms = self.clock.now_ms();
+        match next {
+            Next::Ok => {}
+            Next::Reply(frames) => {
+                for message in frames {
+                    self.pending.push(if this_connection {
+                        Event::SendNow { now_ms, message }
+                    } else {
+                        Event::Send { now_ms, message }
+                    });
+                }
+            }
+            Next::Ready => self.pending.push(Event::Ready { now_ms }),
+            Next::Stop => self.pending.push(Event::Close {
+                now_ms,
+                code: 1000,
+                reason: String::new(),
+            }),
+        }
+    }
+
+    fn run_pending(&mut self) {
+        while !self.pending.is_empty() {
+            for event in std::mem::take(&mut self.pending) {
+                self.step_one(event);
+            }
+        }
+    }
+
+    fn step(&mut self, event: Event) {
+        self.step_one(event);
+        self.run_pending();
+    }
+
+    fn step_one(&mut self, event: Event) {
+        let mut write_failed = false;
+        for outbound in self.core.handle(event) {
+            match outbound {
+                Outbound::Connect { host, port } => {
+                    self.attempt += 1;
+                    let (attempt, inputs) = (self.attempt, self.inputs.clone());
+                    let timeout = self.connect_timeout;
+                    thread::spawn(move || {
+                        let result = open(&host, port, timeout);
+                        let _ = inputs.send(Input::Connected(attempt, result));
+                    });
+                }
+                Outbound::StartTls { .. } => {
+                    let now_ms = self.clock.now_ms();
+                    let reason = "spool-std's reconnecting client speaks ws:// only".to_string();
+                    self.pending.push(Event::TlsFailed { now_ms, reason });
+                }
+                Outbound::Transmit(t) => {
+                    if let Some(stream) = self.stream.as_mut() {
+                        let [head, body] = t.slices();
+                        let written = stream.write_all(head).and_then(|()| stream.write_all(body));
+                        write_failed |= written.is_err();
+                    }
+                }
+                Outbound::Disconnect => {
+                    self.attempt += 1; // whatever the old connection still says is stale
+                    if let Some(stream) = self.stream.take() {
+                        let _ = stream.shutdown(Shutdown::Both);
+                    }
+                }
+                Outbound::Opened { headers, .. } => {
+                    let next = self.handler.handle_connect(&headers);
+                    self.apply(next, true);
+                }
+                Outbound::Deliver(message) => {
+                    let next = self.handler.handle_in(message);
+                    self.apply(next, true);
+                }
+                Outbound::Failed(error) => self.handler.handle_failure(&error),
+                Outbound::Disconnected { code, reason } => {
+                    let next = self.handler.handle_disconnect(code, &reason);
+                    self.apply(next, false);
+                }
+                Outbound::Retrying { .. } => {}
+                Outbound::Dropped { dropped } => self.handler.handle_dropped(dropped),
+                Outbound::Drained => {
+                    if let (Some(linger_ms), None) = (self.finishing, self.close_at) {
+                        self.close_at = Some(self.clock.now_ms().saturating_add(linger_ms));
+                    }
+                }
+                Outbound::Reply { id } => {
+                    if let (Some(answer), Some(value)) =
+                        (self.waiters.remove(&id), self.values.remove(&id))
+                    {
+                        let _ = answer.try_send(Ok(value));
+                    }
+                }
+                Outbound::CallFailed { id, error } => {
+                    if let Some(answer) = self.waiters.remove(&id) {
+                        let _ = answer.try_send(Err(error));
+                    }
+                }
+                Outbound::Stopped { reason } => self.stopped = Some(reason),
+            }
+        }
+        if write_failed && self.stream.take().is_some() {
+            let now_ms = self.clock.now_ms();
+            self.pending.push(Event::TransportClosed { now_ms });
+        }
+    }
+}
+
+/// Resolves and connects, each address within `timeout`.
+fn open(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host}: no address"));
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
