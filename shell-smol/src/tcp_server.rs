@@ -528,8 +528,16 @@ async fn run<H: tcp::Handler, S: Socket>(
 ) {
     let handler = &shared.handler;
     let clock = shared.clock;
-    let (tx, rx) = smol::channel::bounded(shared.limits.mailbox_capacity);
-    let conn = tcp::Conn::new(peer, tls, Mailbox::new(Arc::new(ChannelSink(tx))));
+    // Unbounded underneath, bounded by a count: a bounded smol channel allocates all its slots
+    // up front (16 KiB for 1,024 of them), which an idle connection should not hold.
+    let (tx, rx) = smol::channel::unbounded();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let sink = ChannelSink {
+        tx,
+        waiting: waiting.clone(),
+        capacity: shared.limits.mailbox_capacity,
+    };
+    let conn = tcp::Conn::new(peer, tls, Mailbox::new(Arc::new(sink)));
     let mut out = Outgoing::default();
     let slot = Slot::open(
         handler,
@@ -544,7 +552,7 @@ async fn run<H: tcp::Handler, S: Socket>(
         slot,
     };
     let rx = pin!(rx);
-    let end = match drive(&mut held, &mut out, &mut stream, rx, stop).await {
+    let end = match drive(&mut held, &mut out, &mut stream, rx, &waiting, stop).await {
         Ok(hangup) => hang_up(&mut stream, &mut out, hangup, peer).await,
         Err(end) => end,
     };
@@ -588,6 +596,7 @@ async fn drive<H: tcp::Handler, S: Socket>(
     out: &mut Outgoing,
     stream: &mut S,
     mut rx: Pin<&mut Receiver<H::User>>,
+    waiting: &AtomicUsize,
     stop: &mut Stop,
 ) -> Result<Hangup, End> {
     let handler: &H = held.handler;
@@ -655,6 +664,7 @@ async fn drive<H: tcp::Handler, S: Socket>(
             Wake::Read(Ok(bytes)) if !bytes.is_empty() => slot.data(handler, bytes, now, out),
             Wake::Read(_) => return Err(End::PeerGone),
             Wake::User(message) => {
+                waiting.fetch_sub(1, Ordering::AcqRel);
                 slot.user(handler, message, now, out);
                 for _ in 1..MAILBOX_BATCH {
                     // Bytes to write go out before the next message adds to them: the
@@ -663,7 +673,10 @@ async fn drive<H: tcp::Handler, S: Socket>(
                         break;
                     }
                     match rx.try_recv() {
-                        Ok(message) => slot.user(handler, message, now, out),
+                        Ok(message) => {
+                            waiting.fetch_sub(1, Ordering::AcqRel);
+                            slot.user(handler, message, now, out);
+                        }
                         Err(_) => break,
                     }
                 }
@@ -721,18 +734,29 @@ async fn hang_up<S: Socket>(
     End::Closed
 }
 
-/// A connection's mailbox: a bounded channel into its task.
-struct ChannelSink<U>(Sender<U>);
+/// A connection's mailbox: a channel into its task, and the count that bounds it.
+struct ChannelSink<U> {
+    tx: Sender<U>,
+    waiting: Arc<AtomicUsize>,
+    capacity: usize,
+}
 
 impl<U: Send> MailboxSink<U> for ChannelSink<U> {
     fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
-        self.0.try_send(message).map_err(|e| match e {
-            TrySendError::Full(m) => MailboxError::Full(m),
-            TrySendError::Closed(m) => MailboxError::Gone(m),
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(MailboxError::Full(message));
+        }
+        self.tx.try_send(message).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(m) => MailboxError::Full(m),
+                TrySendError::Closed(m) => MailboxError::Gone(m),
+            }
         })
     }
 
     fn close(&self) {
-        self.0.close();
+        self.tx.close();
     }
 }
