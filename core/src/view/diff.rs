@@ -1,0 +1,265 @@
+//! The difference between two renders, as the patch ops of PROTOCOLS.md §2.
+//!
+//! How a patch applies (the client script and the tests' applier both follow this):
+//! - `NoOp`: the node stays. `Change(text)`: a text node's text becomes `text`.
+//! - `Replace(node)`, `Insert(node)`: the node at this place is `node`, freshly built.
+//! - `Update { attrs, children }`: `attrs`, when present, is the node's whole new attribute set.
+//!   `children` maps positions in the *new* child list to ops; the new list is built position
+//!   by position: a position with no op keeps the old child at the same position;
+//!   `Move { from, patch }` takes the old child at `from` and applies `patch` to it; `Insert`
+//!   and `Replace` build a new child; other ops apply to the old child at the same position.
+//!   `Remove` ops sit at the positions `new_len..old_len`, so the new list has as many
+//!   children as the smallest removed position, or (with none removed) the largest of the old
+//!   length and every position given plus one. Old children no position took are dropped.
+//!
+//! Keyed children are matched by key wherever they moved; unkeyed ones by position.
+
+use hashbrown::HashMap;
+use serde_json::{Map, Value};
+
+use super::element::{Element, attrs_json};
+
+/// What turns one render into the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Patch {
+    /// Nothing changed.
+    NoOp,
+    /// Same element (tag and key) or component (name and key): new attributes and/or child ops.
+    Update {
+        /// The whole new rendered attribute set, when any attribute changed.
+        attrs: Option<Map<String, Value>>,
+        /// Ops by position in the new child list, ascending; `None` when no child changed.
+        children: Option<Vec<(usize, Patch)>>,
+    },
+    /// A different node in the same place.
+    Replace(Element),
+    /// A new child.
+    Insert(Element),
+    /// A child that is gone.
+    Remove,
+    /// A text node's new text.
+    Change(String),
+    /// A keyed child that was at `from` in the old list, patched with `patch`.
+    Move {
+        /// Its position in the old child list.
+        from: usize,
+        /// What changed in it.
+        patch: Box<Patch>,
+    },
+}
+
+/// The patch that turns `old` into `new`.
+pub fn diff(old: &Element, new: &Element) -> Patch {
+    match (old, new) {
+        (Element::Text(a), Element::Text(b)) => {
+            if a == b {
+                Patch::NoOp
+            } else {
+                Patch::Change(b.clone())
+            }
+        }
+        (
+            Element::Tag {
+                tag: ta,
+                attrs: aa,
+                key: ka,
+                children: ca,
+            },
+            Element::Tag {
+                tag: tb,
+                attrs: ab,
+                key: kb,
+                children: cb,
+            },
+        ) if ta == tb && ka == kb => {
+            let attrs = (aa != ab).then(|| attrs_json(ab, kb));
+            update(attrs, diff_children(ca, cb))
+        }
+        (
+            Element::Component {
+                name: na,
+                key: ka,
+                children: ca,
+            },
+            Element::Component {
+                name: nb,
+                key: kb,
+                children: cb,
+            },
+        ) if na == nb && ka == kb => update(None, diff_children(ca, cb)),
+        _ => Patch::Replace(new.clone()),
+    }
+}
+
+fn update(attrs: Option<Map<String, Value>>, children: Option<Vec<(usize, Patch)>>) -> Patch {
+    if attrs.is_none() && children.is_none() {
+        Patch::NoOp
+    } else {
+        Patch::Update { attrs, children }
+    }
+}
+
+fn diff_children(old: &[Element], new: &[Element]) -> Option<Vec<(usize, Patch)>> {
+    let mut ops = Vec::new();
+    // Fast path: same length, no keys moved; the common render.
+    let keyed =
+        old.iter().any(|c| c.key_of().is_some()) || new.iter().any(|c| c.key_of().is_some());
+    if !keyed {
+        for (j, n) in new.iter().enumerate() {
+            match old.get(j) {
+                Some(o) => match diff(o, n) {
+                    Patch::NoOp => {}
+                    p => ops.push((j, p)),
+                },
+                None => ops.push((j, Patch::Insert(n.clone()))),
+            }
+        }
+    } else {
+        // Old keyed children by key (the first of duplicate keys), and which were taken.
+        let mut by_key: HashMap<&str, usize> = HashMap::with_capacity(old.len());
+        for (i, c) in old.iter().enumerate() {
+            if let Some(k) = c.key_of() {
+                by_key.entry(k).or_insert(i);
+            }
+        }
+        let mut taken = vec![false; old.len()];
+        for (j, n) in new.iter().enumerate() {
+            let op = match n.key_of() {
+                Some(k) => match by_key.get(k) {
+                    Some(&i) if !taken[i] => {
+                        taken[i] = true;
+                        let p = diff(&old[i], n);
+                        if i == j {
+                            p
+                        } else {
+                            Patch::Move {
+                                from: i,
+                                patch: Box::new(p),
+                            }
+                        }
+                    }
+                    _ => Patch::Insert(n.clone()),
+                },
+                None => match old.get(j) {
+                    Some(o) if o.key_of().is_none() => diff(o, n),
+                    _ => Patch::Insert(n.clone()),
+                },
+            };
+            if op != Patch::NoOp {
+                ops.push((j, op));
+            }
+        }
+    }
+    for j in new.len()..old.len() {
+        ops.push((j, Patch::Remove));
+    }
+    (!ops.is_empty()).then_some(ops)
+}
+
+impl Patch {
+    /// Whether nothing changed.
+    pub fn is_noop(&self) -> bool {
+        *self == Patch::NoOp
+    }
+
+    /// The wire form: `["0"]`, `["1", attrs|null, {"<pos>": patch}|null]`, `["2", rendered]`,
+    /// `["3", rendered]`, `["4"]`, `["5", text]`, `["6", from, patch]`; with `debug` the op is
+    /// its name (`"NoOp"`, `"Update"`, ...).
+    pub fn to_json(&self, debug: bool) -> Value {
+        let op = |code: &str, name: &str| Value::String(if debug { name } else { code }.into());
+        match self {
+            Patch::NoOp => Value::Array(vec![op("0", "NoOp")]),
+            Patch::Update { attrs, children } => Value::Array(vec![
+                op("1", "Update"),
+                attrs.clone().map_or(Value::Null, Value::Object),
+                children.as_ref().map_or(Value::Null, |cs| {
+                    Value::Object(
+                        cs.iter()
+                            .map(|(i, p)| (i.to_string(), p.to_json(debug)))
+                            .collect(),
+                    )
+                }),
+            ]),
+            Patch::Replace(e) => Value::Array(vec![op("2", "Replace"), e.to_json()]),
+            Patch::Insert(e) => Value::Array(vec![op("3", "Insert"), e.to_json()]),
+            Patch::Remove => Value::Array(vec![op("4", "Remove")]),
+            Patch::Change(t) => Value::Array(vec![op("5", "Change"), Value::String(t.clone())]),
+            Patch::Move { from, patch } => Value::Array(vec![
+                op("6", "Move"),
+                Value::from(*from),
+                patch.to_json(debug),
+            ]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::{component, el, text};
+
+    fn list(keys: &[&str]) -> Element {
+        el("ul").children(keys.iter().map(|k| el("li").key(*k).text(*k)))
+    }
+
+    fn wire(a: &Element, b: &Element) -> String {
+        diff(a, b).to_json(false).to_string()
+    }
+
+    #[test]
+    fn equal_trees_give_noop() {
+        assert_eq!(diff(&list(&["a", "b"]), &list(&["a", "b"])), Patch::NoOp);
+    }
+
+    #[test]
+    fn text_change_and_attrs() {
+        let a = el("p").class("x").text("1");
+        let b = el("p").class("y").text("2");
+        assert_eq!(wire(&a, &b), r#"["1",{"class":"y"},{"0":["5","2"]}]"#);
+    }
+
+    #[test]
+    fn keyed_swap_is_two_moves() {
+        assert_eq!(
+            wire(&list(&["a", "b", "c"]), &list(&["c", "b", "a"])),
+            r#"["1",null,{"0":["6",2,["0"]],"2":["6",0,["0"]]}]"#
+        );
+    }
+
+    #[test]
+    fn keyed_insert_and_remove() {
+        assert_eq!(
+            wire(&list(&["a", "b", "c"]), &list(&["a", "c"])),
+            r#"["1",null,{"1":["6",2,["0"]],"2":["4"]}]"#
+        );
+        assert_eq!(
+            wire(&list(&["a"]), &list(&["z", "a"])),
+            r#"["1",null,{"0":["3",{"0":"z","attrs":{"spkt-key":"z"},"type":"li"}],"1":["6",0,["0"]]}]"#
+        );
+    }
+
+    #[test]
+    fn different_tag_or_kind_replaces() {
+        assert_eq!(
+            wire(&el("p"), &el("div")),
+            r#"["2",{"attrs":{},"type":"div"}]"#
+        );
+        assert_eq!(
+            wire(&text("a"), &el("b")),
+            r#"["2",{"attrs":{},"type":"b"}]"#
+        );
+        assert_eq!(
+            wire(&component("x", [text("a")]), &component("x", [text("b")])),
+            r#"["1",null,{"0":["5","b"]}]"#
+        );
+    }
+
+    #[test]
+    fn debug_names_the_ops() {
+        let p = diff(&list(&["a", "b"]), &list(&["b"]));
+        assert_eq!(
+            p.to_json(true).to_string(),
+            r#"["Update",null,{"0":["Move",1,["NoOp"]],"1":["Remove"]}]"#
+        );
+    }
+}
