@@ -27,12 +27,18 @@ pub struct ChatOptions {
 pub struct ChatServer {
     server: ServerHandle,
     _hub: Arc<Hub>,
+    live: crate::live_demo::LiveDemo,
 }
 
 impl ChatServer {
     /// Where it listens.
     pub fn local_addr(&self) -> std::net::SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The live views' service (`/live-demo`, `/dashboard`).
+    pub fn live(&self) -> &Arc<spool_std::live::Live> {
+        self.live.live()
     }
 
     /// Stops the server and its hub.
@@ -67,11 +73,16 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, StartError> {
         _ => None,
     });
     let socket = ChannelSocket::new(hub.clone(), "/socket/websocket", pages);
-    let server = Server::new(socket)
+    let (site, live) = crate::live_demo::mount(socket, hub.clone())?;
+    let server = Server::new(site)
         .bind(options.bind)
-        .config(ChannelSocket::ws_config())
+        .config(crate::live_demo::ws_config())
         .start()?;
-    Ok(ChatServer { server, _hub: hub })
+    Ok(ChatServer {
+        server,
+        _hub: hub,
+        live,
+    })
 }
 
 /// A seed for the runtime's hash maps, from the OS's per-process hasher keys.

@@ -18,6 +18,7 @@
 pub mod chat;
 mod client;
 mod io;
+pub mod live_demo;
 mod server;
 
 pub use client::{Client, ClientOptions};

@@ -102,6 +102,7 @@ fn serve(host: &str, port: u16, record: Option<PathBuf>) -> Result<(), String> {
         .map_err(|e| format!("cannot start the server on {bind}: {e}"))?;
     let addr = server.local_addr();
     println!("spool serve: chat on http://{addr}/, channels at ws://{addr}/socket/websocket");
+    println!("spool serve: live views at http://{addr}/live-demo and http://{addr}/dashboard");
     let _ = std::io::stdout().flush();
     server.wait();
     Err("the server stopped".to_string())

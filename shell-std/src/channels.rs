@@ -36,6 +36,8 @@ pub enum ToSocket {
 enum HubInput {
     Connect(ClientId, Mailbox<ToSocket>, Arc<AtomicBool>),
     Event(channel::Event),
+    /// Runs on the hub's thread with the runtime, for a dashboard's read-only look.
+    Inspect(Box<dyn FnOnce(&Runtime) + Send>),
     Stop,
 }
 
@@ -166,6 +168,10 @@ impl Hub {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
                             }
+                            HubInput::Inspect(f) => {
+                                f(&runtime);
+                                continue;
+                            }
                             HubInput::Event(e) => e,
                         };
                         let gone = match &event {
@@ -248,6 +254,11 @@ impl Hub {
 
     fn now_ms(&self) -> u64 {
         self.start.elapsed().as_millis() as u64
+    }
+
+    /// Runs `f` with the runtime on the hub's thread, between two events (a dashboard's look).
+    pub fn inspect(&self, f: impl FnOnce(&Runtime) + Send + 'static) {
+        self.send(HubInput::Inspect(Box::new(f)));
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).

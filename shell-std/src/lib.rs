@@ -17,6 +17,7 @@ mod client;
 pub mod clock;
 mod event_loop;
 pub mod handler;
+pub mod live;
 pub mod outgoing;
 mod random;
 mod record;

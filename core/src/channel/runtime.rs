@@ -132,6 +132,15 @@ impl Runtime {
         self.presence.list(topic)
     }
 
+    /// Every topic with subscribers, sorted: `(topic, subscribers, presences)`, for dashboards.
+    pub fn topic_counts(&self) -> Vec<(String, usize, usize)> {
+        let mut v: Vec<_> = (self.topics.iter())
+            .map(|(t, s)| (t.clone(), s.list.len(), self.presence.count(t)))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Whether the runtime crashed and awaits [`Event::Restart`].
     pub fn crashed(&self) -> bool {
         self.crashed

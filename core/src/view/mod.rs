@@ -40,6 +40,7 @@
 //! assert_eq!(patch.to_json(false).to_string(), r#"["1",null,{"1":["1",null,{"0":["5","1"]}]}]"#);
 //! ```
 
+pub mod demo;
 mod diff;
 mod element;
 pub mod html;
