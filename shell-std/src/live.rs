@@ -113,6 +113,11 @@ impl Live {
         )
     }
 
+    /// Live sockets open now.
+    pub fn socket_count(&self) -> usize {
+        self.lock().members.len()
+    }
+
     /// The cassette's state, for tests and debugging.
     pub fn state(&self) -> cassette::State {
         self.lock().cassette.state()

@@ -64,6 +64,17 @@ async function main() {
     await page.waitForFunction(() => document.querySelector("#todo-list li").className === "done", { timeout: 5000 });
     await page.click("#todo-list li:nth-child(2) .remove");
     await waitText("#todo-left", "0 of 1 left");
+    // A row removed above another: the DOM node of the one below moves up (a keyed move).
+    await page.type("#todo-input", "call mom", { delay: 15 });
+    await page.keyboard.press("Enter");
+    await waitText("#todo-left", "1 of 2 left");
+    await page.click("#todo-list li:nth-child(1) .remove");
+    await waitText("#todo-left", "1 of 1 left");
+    const left = await page.$$eval("#todo-list .title", (es) => es.map((e) => e.textContent));
+    if (JSON.stringify(left) !== JSON.stringify(["call mom"])) throw new Error("todo titles: " + JSON.stringify(left));
+    await page.type("#todo-input", "write tests", { delay: 15 });
+    await page.keyboard.press("Enter");
+    await waitText("#todo-left", "2 of 2 left");
     if ((await text("#count")) !== "2") throw new Error("the counter moved");
     const updates = await page.evaluate(() => window.spool.updates);
     await page.screenshot({ path: path.join(shots, "live-demo.png") });

@@ -332,6 +332,15 @@ fn sessions_end_however_their_connections_end() {
     drop(flood);
     settle(&live, (0, 0));
     assert_eq!(live.state().sprockets, []);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while live.socket_count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} sockets still held",
+            live.socket_count()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -124,7 +124,8 @@
         throw new Error("spool: unexpected patch " + JSON.stringify(p));
     }
   };
-  // Child ops are by position in the new list; see spool_core::view::Patch.
+  // Child ops are by position in the new list, with a cursor on the old one; see
+  // spool_core::view::Patch.
   var applyChildren = function (children, groups, ops) {
     var removed = Infinity, last = -1;
     Object.keys(ops).forEach(function (k) {
@@ -133,12 +134,18 @@
       else last = Math.max(last, i);
     });
     var len = removed !== Infinity ? removed : Math.max(children.length, last + 1);
-    var nj = [], ng = [];
+    var nj = [], ng = [], prev = -1;
     for (var i = 0; i < len; i++) {
-      var p = ops[i], r;
-      if (!p) r = [children[i], groups[i]];
-      else if (code(p[0]) === "6") r = apply(children[p[1]], groups[p[1]], p[2]);
-      else r = apply(children[i], groups[i], p);
+      var p = ops[i], r, c = p ? code(p[0]) : null;
+      if (c === "3") {
+        r = [p[1], build(p[1])]; // an insert leaves the cursor where it is
+      } else {
+        var from = c === "6" ? p[1] : prev + 1;
+        if (!p) r = [children[from], groups[from]];
+        else if (c === "6") r = apply(children[from], groups[from], p[2]);
+        else r = apply(children[from], groups[from], p);
+        prev = from;
+      }
       nj.push(r[0]);
       ng.push(r[1]);
     }

@@ -276,3 +276,77 @@ fn constant_time_eq_compares() {
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"ab"));
 }
+
+#[test]
+fn hook_events_reach_the_view_and_its_replies_go_out() {
+    struct Hooked(u32);
+    impl View for Hooked {
+        fn render(&self) -> Element {
+            el("div").hook("Clock", "h1").text(self.0.to_string())
+        }
+        fn handle_hook(
+            &mut self,
+            hook: &str,
+            name: &str,
+            payload: &serde_json::Value,
+        ) -> Vec<crate::view::HookEvent> {
+            self.0 += 1;
+            vec![crate::view::HookEvent {
+                id: hook.into(),
+                kind: format!("{name}-ack"),
+                value: payload.clone(),
+            }]
+        }
+    }
+    let mut views = Views::new();
+    views.register("hooked", || Box::new(Hooked(0)));
+    let mut c = Cassette::new(views, Config::default());
+    c.handle(Event::PushPreflight {
+        now_ms: 0,
+        id: "x".into(),
+        csrf_token: "t".into(),
+        view: "hooked".into(),
+    });
+    recv(&mut c, 1, 1, &join("x", "t"));
+    let out = recv(
+        &mut c,
+        2,
+        1,
+        r#"["hook:event",{"id":"h1","name":"tick","payload":{"n":1}}]"#,
+    );
+    assert_eq!(
+        out,
+        [
+            r#"["event",{"id":"h1","kind":"tick-ack","value":{"n":1}}]"#,
+            r#"["update",["1",null,{"0":["5","1"]}],{"debug":false}]"#,
+        ]
+    );
+    // A hook id the render does not show is stale.
+    assert!(recv(&mut c, 3, 1, r#"["hook:event",{"id":"h2","name":"tick"}]"#).is_empty());
+}
+
+#[test]
+fn pop_preflight_answers_whether_it_was_there() {
+    let mut c = cassette(Config::default());
+    push(&mut c, 0, "p1");
+    let pop = |c: &mut Cassette| {
+        c.handle(Event::PopPreflight {
+            now_ms: 1,
+            id: "p1".into(),
+        })
+    };
+    assert_eq!(
+        pop(&mut c),
+        [Outbound::Popped {
+            id: "p1".into(),
+            found: true
+        }]
+    );
+    assert_eq!(
+        pop(&mut c),
+        [Outbound::Popped {
+            id: "p1".into(),
+            found: false
+        }]
+    );
+}

@@ -5,12 +5,19 @@
 //! - `Replace(node)`, `Insert(node)`: the node at this place is `node`, freshly built.
 //! - `Update { attrs, children }`: `attrs`, when present, is the node's whole new attribute set.
 //!   `children` maps positions in the *new* child list to ops; the new list is built position
-//!   by position: a position with no op keeps the old child at the same position;
-//!   `Move { from, patch }` takes the old child at `from` and applies `patch` to it; `Insert`
-//!   and `Replace` build a new child; other ops apply to the old child at the same position.
-//!   `Remove` ops sit at the positions `new_len..old_len`, so the new list has as many
-//!   children as the smallest removed position, or (with none removed) the largest of the old
-//!   length and every position given plus one. Old children no position took are dropped.
+//!   by position, with a cursor on the old list that starts before its first child:
+//!   - no op: the old child after the cursor, unchanged; the cursor moves onto it;
+//!   - `NoOp`, `Update`, `Change`, `Replace`: that child, patched (replaced); the cursor moves
+//!     onto it;
+//!   - `Move { from, patch }`: the old child at `from`, patched; the cursor moves onto it;
+//!   - `Insert(node)`: a new child; the cursor stays.
+//!
+//!   So a row moved in a long list costs one `Move` where it went and one where the rows after
+//!   its old place resume, not one per shifted row. `Remove` ops sit at the positions
+//!   `new_len..old_len` and only give the new length: the new list has as many children as the
+//!   smallest removed position, or (with none removed) the largest of the old length and every
+//!   position given plus one (the last position of a grown list always has an op). Old
+//!   children no position took are dropped.
 //!
 //! Keyed children are matched by key wherever they moved; unkeyed ones by position.
 
@@ -101,54 +108,61 @@ fn update(attrs: Option<Map<String, Value>>, children: Option<Vec<(usize, Patch)
 
 fn diff_children(old: &[Element], new: &[Element]) -> Option<Vec<(usize, Patch)>> {
     let mut ops = Vec::new();
-    // Fast path: same length, no keys moved; the common render.
     let keyed =
         old.iter().any(|c| c.key_of().is_some()) || new.iter().any(|c| c.key_of().is_some());
-    if !keyed {
-        for (j, n) in new.iter().enumerate() {
-            match old.get(j) {
-                Some(o) => match diff(o, n) {
-                    Patch::NoOp => {}
-                    p => ops.push((j, p)),
-                },
-                None => ops.push((j, Patch::Insert(n.clone()))),
-            }
-        }
-    } else {
-        // Old keyed children by key (the first of duplicate keys), and which were taken.
-        let mut by_key: HashMap<&str, usize> = HashMap::with_capacity(old.len());
+    // Old keyed children by key (the first of duplicate keys), and which were taken.
+    let mut by_key: HashMap<&str, usize> = HashMap::new();
+    if keyed {
+        by_key.reserve(old.len());
         for (i, c) in old.iter().enumerate() {
             if let Some(k) = c.key_of() {
                 by_key.entry(k).or_insert(i);
             }
         }
-        let mut taken = vec![false; old.len()];
-        for (j, n) in new.iter().enumerate() {
-            let op = match n.key_of() {
-                Some(k) => match by_key.get(k) {
-                    Some(&i) if !taken[i] => {
-                        taken[i] = true;
-                        let p = diff(&old[i], n);
-                        if i == j {
-                            p
-                        } else {
-                            Patch::Move {
-                                from: i,
-                                patch: Box::new(p),
-                            }
-                        }
-                    }
-                    _ => Patch::Insert(n.clone()),
-                },
-                None => match old.get(j) {
-                    Some(o) if o.key_of().is_none() => diff(o, n),
-                    _ => Patch::Insert(n.clone()),
-                },
-            };
-            if op != Patch::NoOp {
-                ops.push((j, op));
+    }
+    let mut taken = vec![false; old.len()];
+    // The old child the previous position took: a position with no op takes the next one.
+    let mut prev: Option<usize> = None;
+    let grows = new.len() > old.len();
+    for (j, n) in new.iter().enumerate() {
+        let next = prev.map_or(0, |p| p + 1);
+        let free = |i: usize, taken: &[bool]| i < old.len() && !taken[i];
+        let source = match n.key_of() {
+            // The next old child when it has the key (so duplicate keys that did not move
+            // match in place), else the first old child with the key.
+            Some(k) => {
+                if free(next, &taken) && old[next].key_of() == Some(k) {
+                    Some(next)
+                } else {
+                    by_key.get(k).copied().filter(|&i| free(i, &taken))
+                }
             }
+            // Unkeyed children match unkeyed ones: the next, else the one in the same place.
+            None => [next, j]
+                .into_iter()
+                .find(|&i| free(i, &taken) && old[i].key_of().is_none()),
+        };
+        let Some(i) = source else {
+            ops.push((j, Patch::Insert(n.clone())));
+            continue;
+        };
+        taken[i] = true;
+        let p = diff(&old[i], n);
+        // The last position of a list that grew always has an op: it gives the new length.
+        if i == next && !(grows && j + 1 == new.len()) {
+            if p != Patch::NoOp {
+                ops.push((j, p));
+            }
+        } else {
+            ops.push((
+                j,
+                Patch::Move {
+                    from: i,
+                    patch: Box::new(p),
+                },
+            ));
         }
+        prev = Some(i);
     }
     for j in new.len()..old.len() {
         ops.push((j, Patch::Remove));
@@ -219,10 +233,23 @@ mod tests {
     }
 
     #[test]
-    fn keyed_swap_is_two_moves() {
+    fn keyed_reversal_moves_each_row() {
         assert_eq!(
             wire(&list(&["a", "b", "c"]), &list(&["c", "b", "a"])),
-            r#"["1",null,{"0":["6",2,["0"]],"2":["6",0,["0"]]}]"#
+            r#"["1",null,{"0":["6",2,["0"]],"1":["6",1,["0"]],"2":["6",0,["0"]]}]"#
+        );
+    }
+
+    #[test]
+    fn one_row_moved_in_a_long_list_costs_two_ops() {
+        let keys: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+        let before: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut after = before.clone();
+        let moved = after.remove(10);
+        after.push(moved);
+        assert_eq!(
+            wire(&list(&before), &list(&after)),
+            r#"["1",null,{"10":["6",11,["0"]],"99":["6",10,["0"]]}]"#
         );
     }
 
