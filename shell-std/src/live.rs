@@ -61,6 +61,8 @@ pub struct Live {
     routes: Vec<(String, String)>,
     /// Where live sockets connect.
     socket_path: String,
+    /// Where the client script is served (the cassette config's `script_path`).
+    script_path: String,
     start: Instant,
     next_conn: AtomicU64,
 }
@@ -76,7 +78,9 @@ impl std::fmt::Debug for Live {
 impl Live {
     /// A service for `views` with `config`; sockets at `/live`, no page routes yet.
     pub fn new(views: Views, config: cassette::Config) -> Live {
+        let script_path = config.script_path.clone();
         Live {
+            script_path,
             inner: Mutex::new(Inner {
                 cassette: Cassette::new(views, config),
                 members: HashMap::new(),
@@ -127,8 +131,7 @@ impl Live {
     /// for any other path.
     pub fn page(&self, request: &Request) -> Option<HttpResponse> {
         let path = request.path();
-        let mut inner = self.lock();
-        if path == inner.cassette.config().script_path {
+        if path == self.script_path {
             return Some(HttpResponse::new(
                 200,
                 "text/javascript; charset=utf-8",
@@ -136,10 +139,13 @@ impl Live {
             ));
         }
         let view = &self.routes.iter().find(|(p, _)| p == path)?.1;
-        let out = inner.cassette.handle(Event::PushPreflight {
-            now_ms: self.now_ms(),
-            id: random_hex(16),
-            csrf_token: random_hex(32),
+        // Drawn before the lock: reading the OS's randomness is a system call.
+        let (id, csrf_token) = (random_hex(16), random_hex(32));
+        let now_ms = self.now_ms();
+        let out = self.lock().cassette.handle(Event::PushPreflight {
+            now_ms,
+            id,
+            csrf_token,
             view: view.clone(),
         });
         out.into_iter().find_map(|o| match o {
