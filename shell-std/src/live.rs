@@ -19,6 +19,7 @@
 //! a [`Live::info`] from another thread interleaves.
 
 use std::collections::HashMap;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -50,6 +51,8 @@ struct Member {
 
 struct Inner {
     cassette: Cassette,
+    /// The event log being written, if recording: one JSON line per event with its outbounds.
+    record: Option<std::io::BufWriter<std::fs::File>>,
     /// One per open live socket (the server's `max_connections` bounds it).
     members: HashMap<ConnId, Member>,
 }
@@ -83,6 +86,7 @@ impl Live {
             script_path,
             inner: Mutex::new(Inner {
                 cassette: Cassette::new(views, config),
+                record: None,
                 members: HashMap::new(),
             }),
             routes: Vec::new(),
@@ -97,6 +101,18 @@ impl Live {
     pub fn route(mut self, path: impl Into<String>, view: impl Into<String>) -> Live {
         self.routes.push((path.into(), view.into()));
         self
+    }
+
+    /// Writes every event given to the cassette, with what it produced, to `path` as JSON lines
+    /// (`{"event": .., "outbounds": [..]}`): a fresh cassette with the same views replays it to
+    /// the same outbounds.
+    ///
+    /// # Errors
+    /// When the file cannot be created.
+    pub fn record(self, path: impl AsRef<std::path::Path>) -> std::io::Result<Live> {
+        let file = std::fs::File::create(path)?;
+        self.lock().record = Some(std::io::BufWriter::new(file));
+        Ok(self)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -142,7 +158,7 @@ impl Live {
         // Drawn before the lock: reading the OS's randomness is a system call.
         let (id, csrf_token) = (random_hex(16), random_hex(32));
         let now_ms = self.now_ms();
-        let out = self.lock().cassette.handle(Event::PushPreflight {
+        let out = self.lock().handle(Event::PushPreflight {
             now_ms,
             id,
             csrf_token,
@@ -160,7 +176,7 @@ impl Live {
     pub fn tick(&self) {
         let now_ms = self.now_ms();
         let mut inner = self.lock();
-        let out = inner.cassette.handle(Event::Tick { now_ms });
+        let out = inner.handle(Event::Tick { now_ms });
         inner.dispatch(out, now_ms);
     }
 
@@ -169,7 +185,7 @@ impl Live {
     pub fn info(&self, view: &str, message: serde_json::Value) {
         let now_ms = self.now_ms();
         let mut inner = self.lock();
-        let out = inner.cassette.handle(Event::Info {
+        let out = inner.handle(Event::Info {
             now_ms,
             view: view.into(),
             message,
@@ -193,7 +209,7 @@ impl Live {
     fn receive(&self, conn: ConnId, text: String) {
         let now_ms = self.now_ms();
         let mut inner = self.lock();
-        let out = inner.cassette.handle(Event::Receive { now_ms, conn, text });
+        let out = inner.handle(Event::Receive { now_ms, conn, text });
         inner.dispatch(out, now_ms);
     }
 
@@ -201,11 +217,28 @@ impl Live {
         let now_ms = self.now_ms();
         let mut inner = self.lock();
         inner.members.remove(&conn);
-        inner.cassette.handle(Event::Disconnect { now_ms, conn });
+        inner.handle(Event::Disconnect { now_ms, conn });
     }
 }
 
 impl Inner {
+    /// Gives the cassette one event, recording it when asked to.
+    fn handle(&mut self, event: Event) -> Vec<Outbound> {
+        let Some(w) = self.record.as_mut() else {
+            return self.cassette.handle(event);
+        };
+        let line = serde_json::json!({ "event": &event });
+        let out = self.cassette.handle(event);
+        let mut line = line;
+        line["outbounds"] = serde_json::to_value(&out).unwrap_or_default();
+        // A full disk stops the recording, not the live views.
+        if writeln!(w, "{line}").and_then(|()| w.flush()).is_err() {
+            tracing::error!("live recording failed; recording stopped");
+            self.record = None;
+        }
+        out
+    }
+
     /// Hands each outbound to its socket's mailbox. A socket whose mailbox is full missed a
     /// patch: its session ends now and the socket closes itself with 1008 on its next turn.
     fn dispatch(&mut self, out: Vec<Outbound>, now_ms: u64) {
@@ -232,7 +265,7 @@ impl Inner {
             }
         }
         for conn in cut {
-            self.cassette.handle(Event::Disconnect { now_ms, conn });
+            self.handle(Event::Disconnect { now_ms, conn });
         }
     }
 }

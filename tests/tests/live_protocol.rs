@@ -370,3 +370,48 @@ fn spool_serve_dashboard_changes_every_second() {
     assert_eq!(server.live().counts().1, 1);
     server.shutdown();
 }
+
+#[test]
+fn a_recorded_live_run_replays_to_the_same_outbounds() {
+    let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("live-record.jsonl");
+    let live = Arc::new(
+        live_demo::live(cassette::Config::default())
+            .record(&path)
+            .unwrap(),
+    );
+    let handle = spool_std::Server::new(LiveSocket::new(live.clone()))
+        .bind("127.0.0.1:0")
+        .threads(2)
+        .config(ws::Config {
+            plain_http: true,
+            ..ws::Config::default()
+        })
+        .start()
+        .unwrap();
+    let addr = handle.local_addr();
+    let (_, html) = http_get(addr, "/live-demo");
+    let mut c = Client::connect(&format!("ws://{addr}/live"), ws::Config::default()).unwrap();
+    join(
+        &mut c,
+        &meta(&html, "spkt-preflight-id"),
+        &meta(&html, "spkt-csrf-token"),
+    );
+    event(&mut c, "submit", "todo:add", Some("milk"));
+    recv(&mut c);
+    c.close(1000, "").unwrap();
+    settle(&live, (0, 0));
+    handle.shutdown();
+
+    let log = std::fs::read_to_string(&path).unwrap();
+    let mut replayed = cassette::Cassette::new(live_demo::views(), cassette::Config::default());
+    let mut lines = 0;
+    for line in log.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        let e: cassette::Event = serde_json::from_value(v["event"].clone()).unwrap();
+        let want: Vec<cassette::Outbound> = serde_json::from_value(v["outbounds"].clone()).unwrap();
+        assert_eq!(replayed.handle(e), want, "{line}");
+        lines += 1;
+    }
+    // The page, the join, the event, the disconnect, and the settling ticks.
+    assert!(lines >= 4, "{log}");
+}

@@ -350,3 +350,59 @@ fn pop_preflight_answers_whether_it_was_there() {
         }]
     );
 }
+
+#[test]
+fn a_logged_run_replays_to_the_same_outbounds() {
+    use crate::view::demo::Demo;
+    let views = || {
+        let mut v = Views::new();
+        v.register("demo", || Box::new(Demo::default()));
+        v
+    };
+    let events = vec![
+        Event::PushPreflight {
+            now_ms: 0,
+            id: "p".into(),
+            csrf_token: "t".into(),
+            view: "demo".into(),
+        },
+        Event::Receive {
+            now_ms: 5,
+            conn: ConnId(3),
+            text: join("p", "t"),
+        },
+        Event::Receive {
+            now_ms: 6,
+            conn: ConnId(3),
+            text: r#"["event",{"kind":"submit","id":"todo:add","value":"milk"}]"#.into(),
+        },
+        Event::Receive {
+            now_ms: 7,
+            conn: ConnId(3),
+            text: r#"["event",{"kind":"click","id":"counter:inc"}]"#.into(),
+        },
+        Event::Tick { now_ms: 70_000 },
+        Event::Disconnect {
+            now_ms: 71_000,
+            conn: ConnId(3),
+        },
+    ];
+    // Record: one JSON line per event with what it produced.
+    let mut c = Cassette::new(views(), Config::default());
+    let log: Vec<String> = events
+        .into_iter()
+        .map(|e| {
+            let out = c.handle(e.clone());
+            json!({"event": e, "outbounds": out}).to_string()
+        })
+        .collect();
+    // Replay into a fresh cassette: byte for byte the same.
+    let mut r = Cassette::new(views(), Config::default());
+    for line in &log {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let e: Event = serde_json::from_value(v["event"].clone()).unwrap();
+        let want: Vec<Outbound> = serde_json::from_value(v["outbounds"].clone()).unwrap();
+        assert_eq!(r.handle(e), want, "{line}");
+    }
+    assert_eq!((r.preflight_count(), r.sprocket_count()), (0, 0));
+}
