@@ -415,3 +415,20 @@ fn a_recorded_live_run_replays_to_the_same_outbounds() {
     // The page, the join, the event, the disconnect, and the settling ticks.
     assert!(lines >= 4, "{log}");
 }
+
+#[test]
+fn a_live_socket_from_another_origin_is_refused() {
+    let server = Server::start(cassette::Config::default());
+    let url = format!("ws://{}/live", server.addr());
+    let options = |origin: String| spool_std::ClientOptions {
+        headers: vec![("Origin".into(), origin)],
+        ..spool_std::ClientOptions::default()
+    };
+    match Client::connect_with(&url, options("http://evil.example".into())) {
+        Err(spool_std::ClientError::Handshake(why)) => assert!(why.contains("403"), "{why}"),
+        Err(e) => panic!("refused, but not with 403: {e}"),
+        Ok(_) => panic!("a cross-origin live socket was accepted"),
+    }
+    let same = options(format!("http://{}", server.addr()));
+    assert!(Client::connect_with(&url, same).is_ok());
+}

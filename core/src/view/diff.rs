@@ -108,18 +108,9 @@ fn update(attrs: Option<Map<String, Value>>, children: Option<Vec<(usize, Patch)
 
 fn diff_children(old: &[Element], new: &[Element]) -> Option<Vec<(usize, Patch)>> {
     let mut ops = Vec::new();
-    let keyed =
-        old.iter().any(|c| c.key_of().is_some()) || new.iter().any(|c| c.key_of().is_some());
-    // Old keyed children by key (the first of duplicate keys), and which were taken.
-    let mut by_key: HashMap<&str, usize> = HashMap::new();
-    if keyed {
-        by_key.reserve(old.len());
-        for (i, c) in old.iter().enumerate() {
-            if let Some(k) = c.key_of() {
-                by_key.entry(k).or_insert(i);
-            }
-        }
-    }
+    // Old keyed children by key (the first of duplicate keys), built the first time a key is
+    // not found where the cursor is: a render that moved nothing never hashes a key.
+    let mut by_key: Option<HashMap<&str, usize>> = None;
     let mut taken = vec![false; old.len()];
     // The old child the previous position took: a position with no op takes the next one.
     let mut prev: Option<usize> = None;
@@ -134,6 +125,15 @@ fn diff_children(old: &[Element], new: &[Element]) -> Option<Vec<(usize, Patch)>
                 if free(next, &taken) && old[next].key_of() == Some(k) {
                     Some(next)
                 } else {
+                    let by_key = by_key.get_or_insert_with(|| {
+                        let mut m = HashMap::with_capacity(old.len());
+                        for (i, c) in old.iter().enumerate() {
+                            if let Some(k) = c.key_of() {
+                                m.entry(k).or_insert(i);
+                            }
+                        }
+                        m
+                    });
                     by_key.get(k).copied().filter(|&i| free(i, &taken))
                 }
             }
