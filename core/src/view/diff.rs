@@ -108,6 +108,20 @@ fn update(attrs: Option<Map<String, Value>>, children: Option<Vec<(usize, Patch)
 
 fn diff_children(old: &[Element], new: &[Element]) -> Option<Vec<(usize, Patch)>> {
     let mut ops = Vec::new();
+    if old.iter().chain(new).all(|c| c.key_of().is_none()) {
+        // No keys: child j is old child j, which is where the cursor always is.
+        for (j, n) in new.iter().enumerate() {
+            match old.get(j).map(|o| diff(o, n)) {
+                Some(Patch::NoOp) => {}
+                Some(p) => ops.push((j, p)),
+                None => ops.push((j, Patch::Insert(n.clone()))),
+            }
+        }
+        for j in new.len()..old.len() {
+            ops.push((j, Patch::Remove));
+        }
+        return (!ops.is_empty()).then_some(ops);
+    }
     // Old keyed children by key (the first of duplicate keys), built the first time a key is
     // not found where the cursor is: a render that moved nothing never hashes a key.
     let mut by_key: Option<HashMap<&str, usize>> = None;
