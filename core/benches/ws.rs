@@ -2,14 +2,19 @@
 //!
 //! `cargo bench -p spool-core --bench ws` prints messages per second for a server reading
 //! masked 1 KiB binary messages (64 of them per read, as a busy socket delivers them) and for a
-//! server framing 1 KiB messages, and the masking rate in bytes per second.
+//! server framing 1 KiB messages, the masking rate in bytes per second, and what compressing a
+//! 1 KiB text costs per message: with context takeover (one stream for life), without (a fresh
+//! compressor per message, so an idle connection holds none), and as a shared
+//! `PreparedMessage` (compressed once; each connection only frames it).
 
 use std::hint::black_box;
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use spool_core::ws::{Config, Connection, Event, Message, Outbound, apply_mask};
+use spool_core::ws::{
+    Config, Connection, DeflateConfig, Event, Message, Outbound, PreparedMessage, apply_mask,
+};
 
 const REQUEST: &str = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -17,14 +22,18 @@ const MESSAGES_PER_READ: usize = 64;
 const MESSAGE_LEN: usize = 1024;
 
 fn open_server() -> Connection {
+    open_server_with(None, REQUEST)
+}
+
+fn open_server_with(deflate: Option<DeflateConfig>, request: &str) -> Connection {
     let mut ws = Connection::server(Config {
-        deflate: None,
+        deflate,
         ..Config::default()
     })
     .unwrap();
     ws.handle(Event::Receive {
         now_ms: 0,
-        bytes: REQUEST.into(),
+        bytes: Bytes::copy_from_slice(request.as_bytes()),
     });
     ws.handle(Event::Accept { now_ms: 0 });
     ws
@@ -145,5 +154,40 @@ fn mask(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, mask);
+fn deflate(c: &mut Criterion) {
+    let text = "{\"topic\":\"room:lobby\",\"event\":\"shout\",\"payload\":{\"body\":\"hello\"}} "
+        .repeat(MESSAGE_LEN / 64);
+    let offer = |params: &str| {
+        REQUEST.replace(
+            "\r\n\r\n",
+            &format!("\r\nSec-WebSocket-Extensions: permessage-deflate{params}\r\n\r\n"),
+        )
+    };
+    let mut group = c.benchmark_group("server compresses a 1 KiB text");
+    group.throughput(Throughput::Elements(1));
+    for (name, params) in [
+        ("context takeover", ""),
+        ("no context takeover", "; server_no_context_takeover"),
+    ] {
+        group.bench_function(name, |b| {
+            let mut ws = open_server_with(Some(DeflateConfig::default()), &offer(params));
+            b.iter(|| {
+                let message = Message::text(text.as_str());
+                black_box(ws.handle(Event::Send { now_ms: 1, message }))
+            })
+        });
+    }
+    group.bench_function("prepared, shared", |b| {
+        let request = offer("; server_no_context_takeover");
+        let mut ws = open_server_with(Some(DeflateConfig::default()), &request);
+        let prepared = PreparedMessage::compressed(Message::text(text.as_str()), 15, 1);
+        b.iter(|| {
+            let message = prepared.clone();
+            black_box(ws.handle(Event::SendPrepared { now_ms: 1, message }))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode, encode, mask, deflate);
 criterion_main!(benches);

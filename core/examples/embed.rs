@@ -163,6 +163,8 @@ fn main() -> std::io::Result<()> {
         if let Ok((stream, _)) = listener.accept() {
             stream.set_nonblocking(true)?;
             stream.set_nodelay(true)?;
+            // The defaults: no compression, a ping after 30 s of silence, and the peer taken for
+            // dead (1001) when nothing answers it within 30 s more; the Tick below drives both.
             let ws = Connection::server(Config::default()).expect("the default config is valid");
             let mut peer = Peer {
                 name: "server",

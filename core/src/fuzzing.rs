@@ -1,5 +1,7 @@
 //! Bodies of the cargo-fuzz targets in `fuzz/`, kept here so that `cargo test` can replay their
-//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API.
+//! corpora through the same code (`core/tests/fuzz_corpus.rs`). Not part of the API: compiled
+//! only with the `fuzzing` feature, which `fuzz/Cargo.toml` and spool-core's own
+//! dev-dependency on itself turn on.
 
 use bytes::Bytes;
 
@@ -51,7 +53,8 @@ fn check(out: &[Outbound], closed: &mut bool, disconnected: &mut bool) {
 }
 
 /// Frames into an open server connection. The first byte picks the configuration (compression
-/// on or off, small limits or default ones) so the fuzzer reaches the inflater and the limits.
+/// on or off, small, default or the largest limits) so the fuzzer reaches the inflater and the
+/// limits.
 pub fn ws_frames(data: &[u8]) {
     let Some((&flags, data)) = data.split_first() else {
         return;
@@ -68,6 +71,11 @@ pub fn ws_frames(data: &[u8]) {
     if flags & 2 != 0 {
         config.limits.max_frame_len = 64;
         config.limits.max_message_len = 256;
+    } else if flags & 8 != 0 {
+        // The largest limits Config::validate accepts: arithmetic on peer-chosen lengths
+        // meets them, and must not overflow (the fuzz build checks overflow).
+        config.limits.max_frame_len = isize::MAX as usize;
+        config.limits.max_message_len = isize::MAX as usize;
     }
     let Ok(mut ws) = Connection::server(config) else {
         return;
@@ -93,7 +101,11 @@ pub fn ws_frames(data: &[u8]) {
 
 /// Arbitrary bytes as an upgrade request.
 pub fn ws_server_handshake(data: &[u8]) {
-    let Ok(mut ws) = Connection::server(Config::default()) else {
+    let config = Config {
+        deflate: Some(DeflateConfig::default()), // so that offers are negotiated
+        ..Config::default()
+    };
+    let Ok(mut ws) = Connection::server(config) else {
         return;
     };
     let (mut closed, mut disconnected) = (false, false);
@@ -125,6 +137,7 @@ pub fn ws_client_handshake(data: &[u8]) {
     };
     let config = Config {
         protocols: vec!["chat".into()],
+        deflate: Some(DeflateConfig::default()), // so that answers are checked
         ..Config::default()
     };
     let Ok(mut ws) = Connection::client(config, request) else {
@@ -153,8 +166,9 @@ impl FuzzRoom {
     }
 
     fn key(payload: &Payload) -> String {
+        let payload = payload.to_value();
         let key = payload
-            .json()
+            .as_ref()
             .and_then(|v| v.get("key"))
             .and_then(Value::as_str);
         key.unwrap_or("k").to_string()
@@ -162,7 +176,8 @@ impl FuzzRoom {
 }
 
 impl ChannelHandler for FuzzRoom {
-    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+    fn join(&self, _topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        let params = params.to_value().unwrap_or(Value::Null);
         if params.get("token").and_then(Value::as_str) == Some("bad") {
             return Err(json!({"reason": "unauthorized"}));
         }
@@ -191,7 +206,7 @@ impl ChannelHandler for FuzzRoom {
                 socket.broadcast("secret", payload.clone());
                 HandleIn::NoReply
             }
-            "ping" => HandleIn::ok(json!({"pong": payload.json().cloned().unwrap_or(Value::Null)})),
+            "ping" => HandleIn::ok(json!({"pong": payload.to_value().unwrap_or(Value::Null)})),
             "echo" => {
                 socket.push("echo", payload.clone());
                 HandleIn::ok(payload.clone())
@@ -242,16 +257,6 @@ fn fuzz_router() -> Router {
     Router::new().route("room:*", FuzzRoom)
 }
 
-/// Whether a JSON value holds a float, which need not survive a print and a parse exactly.
-fn has_float(v: &Value) -> bool {
-    match v {
-        Value::Number(n) => n.is_f64(),
-        Value::Array(a) => a.iter().any(has_float),
-        Value::Object(o) => o.values().any(has_float),
-        _ => false,
-    }
-}
-
 /// `kind | one length byte per field | the fields | payload`, built by hand.
 fn binary_wire(kind: u8, fields: &[&str], payload: &[u8]) -> Vec<u8> {
     let mut out = vec![kind];
@@ -272,19 +277,19 @@ fn check_encodes(m: &protocol::Message) {
     let reply = protocol::encode_reply(jr, mr, &m.topic, &m.event, &m.payload);
     let broadcast = protocol::encode_broadcast(&m.topic, &m.event, &m.payload);
     match &m.payload {
-        Payload::Json(v) => {
+        Payload::Json(_) => {
             let push = push.expect("a JSON push always encodes");
             assert!(reply.is_some(), "a JSON reply always encodes");
             let broadcast = broadcast.expect("a JSON broadcast always encodes");
-            let back = protocol::decode(&push).expect("an encoded push decodes");
+            let config = channel::Config::with_seed(0);
+            let back = protocol::decode(&push, &config).expect("an encoded push decodes");
             assert_eq!(
                 (&back.join_ref, &back.msg_ref, &back.topic, &back.event),
                 (&m.join_ref, &m.msg_ref, &m.topic, &m.event)
             );
-            if !has_float(v) {
-                assert_eq!(back.payload, m.payload);
-            }
-            let back = protocol::decode(&broadcast).expect("an encoded broadcast decodes");
+            // The payload's text is copied as it came, floats and all.
+            assert_eq!(back.payload.json_text(), m.payload.json_text());
+            let back = protocol::decode(&broadcast, &config).expect("an encoded broadcast decodes");
             assert_eq!((back.join_ref, back.msg_ref), (None, None));
             assert_eq!((&back.topic, &back.event), (&m.topic, &m.event));
         }
@@ -331,7 +336,7 @@ pub fn channel_decode(data: &[u8]) {
     if let Ok(text) = Text::from_utf8(bytes) {
         frames.push(Frame::Text(text));
     }
-    let mut rt = Runtime::new_single_node(fuzz_router(), channel::Config::default());
+    let mut rt = Runtime::new_single_node(fuzz_router(), channel::Config::with_seed(0));
     for (client, join) in [
         (1, r#"["1","1","room:lobby","phx_join",{"user":"a"}]"#),
         (2, r#"["1","1","room:lobby","phx_join",{"user":"b"}]"#),
@@ -349,7 +354,7 @@ pub fn channel_decode(data: &[u8]) {
     });
     let known: BTreeSet<ClientId> = (1..=3).map(ClientId).collect();
     for frame in frames {
-        let decoded = protocol::decode(&frame);
+        let decoded = protocol::decode(&frame, rt.config());
         if let Ok(m) = &decoded {
             check_encodes(m);
         }
@@ -431,7 +436,7 @@ impl Input<'_> {
         if b & 0x80 != 0 {
             Payload::Binary(Bytes::copy_from_slice(&[b]))
         } else {
-            Payload::Json(json!({ "key": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] }))
+            Payload::from(json!({ "key": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] }))
         }
     }
 
@@ -498,7 +503,7 @@ fn check_state(rt: &Runtime, topics: &BTreeSet<String>, connected: &BTreeSet<Cli
 pub fn channel_events(data: &[u8]) {
     let mut input = Input(data);
     let flags = input.byte();
-    let mut config = channel::Config::default();
+    let mut config = channel::Config::with_seed(0);
     if flags & 1 != 0 {
         config.max_channels_per_socket = 2;
     }
@@ -616,7 +621,7 @@ pub fn channel_events(data: &[u8]) {
                     Ok(text) => Frame::Binary(text.into_bytes()),
                     Err(raw) => Frame::Binary(raw),
                 };
-                if let Ok(m) = protocol::decode(&frame) {
+                if let Ok(m) = protocol::decode(&frame, rt.config()) {
                     topics.insert(m.topic);
                 }
                 (Some(c), receive(now_ms, c, frame))
@@ -627,24 +632,14 @@ pub fn channel_events(data: &[u8]) {
                 let b = input.byte();
                 let params = json!({ "user": FUZZ_KEYS[b as usize % FUZZ_KEYS.len()] });
                 let msg_ref = Some(msg_ref);
-                let event = if b & 0x80 == 0 {
-                    channel::Event::Join {
-                        now_ms,
-                        client_id: c,
-                        topic: topic.into(),
-                        join_ref,
-                        msg_ref,
-                        params,
-                    }
-                } else {
-                    channel::Event::Rejoin {
-                        now_ms,
-                        client_id: c,
-                        topic: topic.into(),
-                        join_ref,
-                        msg_ref,
-                        params,
-                    }
+                // A rejoin is a join (phoenix.js sends phx_join both times).
+                let event = channel::Event::Join {
+                    now_ms,
+                    client_id: c,
+                    topic: topic.into(),
+                    join_ref,
+                    msg_ref,
+                    params,
                 };
                 (Some(c), event)
             }

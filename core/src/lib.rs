@@ -38,8 +38,8 @@
 //! let out = ws.handle(Event::Send { now_ms: 4, message: Message::text("hi") });
 //! assert_eq!(out, [Outbound::Transmit(vec![0x81, 2, b'h', b'i'].into())]);
 //!
-//! // Nothing is due until the handshake-free idle connection is told otherwise.
-//! assert_eq!(ws.next_deadline(), None);
+//! // Keep-alive: after 30 s of silence it pings, and gives up 30 s after an unanswered ping.
+//! assert_eq!(ws.next_deadline(), Some(30_003));
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -47,6 +47,7 @@
 mod b64;
 pub mod cassette;
 pub mod channel;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 mod hash;

@@ -255,7 +255,7 @@ fn pushes_to(out: &[Outbound], client: u64) -> Vec<&str> {
 impl Driver {
     fn new() -> Driver {
         Driver {
-            rt: Runtime::new_single_node(spool_core::channel::demo::router(), Config::default()),
+            rt: Runtime::new_single_node(spool_core::channel::demo::router(), Config::with_seed(1)),
             model: Model::default(),
             next_ref: 0,
             used: BTreeMap::new(),

@@ -1,5 +1,7 @@
 //! Replays every input in `fuzz/corpus/<target>/` through the fuzz target's body, so that what
-//! the fuzzers found (and the seeds) stay regression tests under plain `cargo test`.
+//! the fuzzers found (and the seeds) stay regression tests under plain `cargo test`. The bodies
+//! sit behind spool-core's `fuzzing` feature, which its dev-dependency on itself turns on for
+//! every test build, so `cargo test --workspace` replays all corpora with no flag.
 
 use std::path::Path;
 

@@ -17,7 +17,12 @@ use spool_core::replay::Setup;
 use spool_core::ws::{self, ClientRequest, CloseInfo, Connection, Event, Message, Outbound, Url};
 use spool_std::handler::ClientError;
 
-use crate::io::{Clock, Deadline, Outgoing, Recorder, Socket, hang_up, poll_read, random_bytes};
+use spool_std::record::Recorder;
+
+use crate::io::{
+    Clock, Deadline, LINGER, Outgoing, Socket, hang_up, poll_read, poll_write, random_bytes,
+    write_all,
+};
 
 pub use spool_std::ClientOptions;
 
@@ -101,7 +106,7 @@ impl Client {
 
         // Connecting and TLS count against the core's handshake deadline.
         let mut deadline = Deadline::new();
-        deadline.arm(&core.ws, &core.clock);
+        deadline.arm(core.ws.next_deadline(), &core.clock);
         let connect = async { Some(open_transport(&url, options.ca_file.as_deref()).await) };
         let fired = async {
             future::poll_fn(|cx| deadline.poll_fired(cx)).await;
@@ -146,7 +151,7 @@ impl Client {
             now_ms: self.core.clock.now_ms(),
             message,
         });
-        if let Err(e) = self.core.outgoing.write_all(&mut self.io).await {
+        if let Err(e) = write_all(&mut self.core.outgoing, &mut self.io).await {
             self.core.outgoing.clear();
             self.core.step(Event::TransportClosed {
                 now_ms: self.core.clock.now_ms(),
@@ -206,17 +211,17 @@ impl Client {
     async fn pump(&mut self) {
         let Client { io, core, deadline } = self;
         if core.disconnect {
-            hang_up(io, &mut core.outgoing).await;
+            hang_up(io, &mut core.outgoing, LINGER).await;
             core.finished = true;
             return;
         }
-        deadline.arm(&core.ws, &core.clock);
+        deadline.arm(core.ws.next_deadline(), &core.clock);
         if !core.outgoing.is_empty() {
             let written = future::poll_fn(|cx| {
                 if deadline.poll_fired(cx).is_ready() {
                     return Poll::Ready(None);
                 }
-                core.outgoing.poll_write(io, cx).map(Some)
+                poll_write(&mut core.outgoing, io, cx).map(Some)
             })
             .await;
             match written {

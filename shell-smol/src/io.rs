@@ -1,14 +1,14 @@
-//! The socket side both roles share: reads into a per-thread scratch buffer, vectored writes,
-//! the lingering hang-up, the clock, drawn randomness and the event recorder.
+//! The socket side both roles share: reads into a per-thread scratch buffer, vectored writes
+//! from the shared send queue, the lingering hang-up, the clock and drawn randomness. (Event
+//! logs are written by `spool_std::record`, the send queue is `spool_std::outgoing`.)
 //!
 //! Nothing here looks inside the bytes: frames and HTTP heads are the core's business.
 
 use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, IoSlice, Write as _};
+use std::io::{self, IoSlice};
 use std::net::{Shutdown, TcpStream};
-use std::path::Path;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,15 +17,12 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{future, ready};
 use smol::{Async, Timer};
-use spool_core::replay::{Line, Setup};
-use spool_core::ws::{Connection, Event, Transmit};
+use spool_std::outgoing::MAX_IOVECS;
+pub(crate) use spool_std::outgoing::Outgoing;
 
 /// One read's worth of scratch space, per thread. A connection copies only the bytes it read
 /// into a `Bytes` it hands to the core, so an idle connection holds no read buffer.
 const SCRATCH_LEN: usize = 64 * 1024;
-
-/// Buffers handed to one `writev`; more wait for the next call (Linux allows 1024).
-const MAX_IOVECS: usize = 64;
 
 /// How long a hang-up waits for the peer's end of the stream after our last bytes, so that the
 /// peer reads our close frame instead of a reset (RFC 6455 §7.1.1 asks the server to close
@@ -91,106 +88,65 @@ fn poll_read_with<S: AsyncRead + Unpin, T>(
     })
 }
 
-/// Bytes the core asked to transmit, written in order with as few `writev` calls as the
-/// socket allows.
-#[derive(Default)]
-pub(crate) struct Outgoing {
-    bufs: Vec<Transmit>,
-    head: usize,
+/// Writes everything `outgoing` holds, then flushes (TLS records). Resumable: a partial write
+/// advances the queue, and the next poll carries on from there. The queue is the one both shells
+/// keep ([`Outgoing`]); this is its async side.
+pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
+    outgoing: &mut Outgoing,
+    stream: &mut S,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while !outgoing.is_empty() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+        let count = outgoing.slices(&mut slices);
+        let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        outgoing.advance(written);
+    }
+    Pin::new(stream).poll_flush(cx)
 }
 
-impl Outgoing {
-    pub(crate) fn push(&mut self, transmit: Transmit) {
-        if !transmit.is_empty() {
-            self.bufs.push(transmit);
-        }
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.head == self.bufs.len()
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.bufs.clear();
-        self.head = 0;
-    }
-
-    /// Writes everything queued, then flushes (TLS records). Resumable: a partial write
-    /// advances the queue, and the next poll carries on from there.
-    pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
-        &mut self,
-        stream: &mut S,
-        cx: &mut Context<'_>,
-    ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            let parts = self.bufs[self.head..]
-                .iter()
-                .flat_map(|t| t.slices())
-                .filter(|s| !s.is_empty());
-            for (slot, part) in slices.iter_mut().zip(parts) {
-                *slot = IoSlice::new(part);
-                count += 1;
-            }
-            let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))?;
-            if written == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.advance(written);
-        }
-        self.clear();
-        Pin::new(stream).poll_flush(cx)
-    }
-
-    fn advance(&mut self, mut written: usize) {
-        while written > 0 && self.head < self.bufs.len() {
-            let transmit = &mut self.bufs[self.head];
-            if written >= transmit.len() {
-                written -= transmit.len();
-                self.head += 1;
-            } else {
-                transmit.advance(written);
-                written = 0;
-            }
-        }
-    }
-
-    /// Writes everything queued, with no timer watching (a client's `send`).
-    pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
-        &mut self,
-        stream: &mut S,
-    ) -> io::Result<()> {
-        future::poll_fn(|cx| self.poll_write(stream, cx)).await
-    }
+/// Writes everything queued, with no timer watching (a client's `send`).
+pub(crate) async fn write_all<S: AsyncWrite + Unpin>(
+    outgoing: &mut Outgoing,
+    stream: &mut S,
+) -> io::Result<()> {
+    future::poll_fn(|cx| poll_write(outgoing, stream, cx)).await
 }
 
 /// Ends the transport after the core's `Disconnect`: write what is still queued (the close
 /// frame, usually) and flush (TLS close_notify), shut down the write half, then read and discard
-/// until the peer's end of stream; all of it within [`LINGER`], so a peer that stopped reading
+/// until the peer's end of stream; all of it within `linger`, so a peer that stopped reading
 /// cannot hold the connection.
-pub(crate) async fn hang_up<S: Socket>(stream: &mut S, outgoing: &mut Outgoing) {
+pub(crate) async fn hang_up<S: Socket>(stream: &mut S, outgoing: &mut Outgoing, linger: Duration) {
     let drain = async {
-        if outgoing.write_all(stream).await.is_err() {
+        if write_all(outgoing, stream).await.is_err() {
             return;
         }
         let _ = stream.close().await;
         let _ = stream.tcp().shutdown(Shutdown::Write);
-        future::poll_fn(|cx| {
-            loop {
-                match ready!(poll_read_with(stream, cx, |b| b.is_empty())) {
-                    Ok(false) => continue,
-                    Ok(true) | Err(_) => return Poll::Ready(()),
-                }
-            }
-        })
-        .await;
+        drain_until_eof(stream).await;
     };
     future::or(drain, async {
-        Timer::after(LINGER).await;
+        Timer::after(linger).await;
     })
     .await;
     outgoing.clear();
+}
+
+/// Reads and discards until the peer's end of stream (or a read error).
+pub(crate) async fn drain_until_eof<S: AsyncRead + Unpin>(stream: &mut S) {
+    future::poll_fn(|cx| {
+        loop {
+            match ready!(poll_read_with(stream, cx, |b| b.is_empty())) {
+                Ok(false) => continue,
+                Ok(true) | Err(_) => return Poll::Ready(()),
+            }
+        }
+    })
+    .await;
 }
 
 pub(crate) use spool_std::clock::Clock;
@@ -209,9 +165,9 @@ impl Deadline {
         }
     }
 
-    /// Arms the timer at `connection.next_deadline()`.
-    pub(crate) fn arm(&mut self, connection: &Connection, clock: &Clock) {
-        let next = connection.next_deadline();
+    /// Arms the timer at `next` (a core's or a handler's next deadline, on `clock`); `None`
+    /// disarms it. Re-arming at the same deadline costs nothing.
+    pub(crate) fn arm(&mut self, next: Option<u64>, clock: &Clock) {
         if next == self.armed {
             return;
         }
@@ -231,50 +187,6 @@ impl Deadline {
         // A fired timer does not fire again; forget it so the next `arm` sets it afresh.
         self.armed = None;
         Poll::Ready(())
-    }
-}
-
-/// Writes an event log: the setup line, then one line per event given to the core.
-pub(crate) struct Recorder {
-    out: io::BufWriter<File>,
-    failed: bool,
-}
-
-impl Recorder {
-    pub(crate) fn create(path: &Path, setup: Setup) -> io::Result<Recorder> {
-        let mut recorder = Recorder {
-            out: io::BufWriter::new(File::create(path)?),
-            failed: false,
-        };
-        recorder.line(&Line::Setup(setup));
-        if recorder.failed {
-            return Err(io::Error::other(format!(
-                "{}: cannot write the event log",
-                path.display()
-            )));
-        }
-        Ok(recorder)
-    }
-
-    pub(crate) fn event(&mut self, event: &Event) {
-        self.line(&Line::Event(event.clone()));
-    }
-
-    /// Pushes recorded lines to the file, so a killed process leaves a usable log.
-    pub(crate) fn flush(&mut self) {
-        if !self.failed && self.out.flush().is_err() {
-            self.failed = true;
-        }
-    }
-
-    fn line(&mut self, line: &Line) {
-        if self.failed {
-            return;
-        }
-        let ok =
-            serde_json::to_writer(&mut self.out, line).is_ok() && self.out.write_all(b"\n").is_ok();
-        // A full disk stops the recording, never the connection.
-        self.failed = !ok;
     }
 }
 

@@ -3,16 +3,20 @@
 //! A thin shell around [`spool_core::ws::Connection`]: it accepts and connects, does TLS, reads
 //! into a per-thread scratch buffer, stamps each event with its monotonic clock, draws client
 //! keys and mask seeds, writes everything one call produced with one vectored write, arms one
-//! timer at the core's next deadline, and can record every event it gives the core. The
-//! protocol itself (frames, handshakes, close codes, timeouts) is the core's.
+//! timer at the next deadline, and can record every event it gives the core. The protocol
+//! itself (frames, handshakes, close codes, timeouts) is the core's.
 //!
-//! - [`Server`]: glisten-shaped, an acceptor pool over executor threads, each thread running its
-//!   connections on a local executor that also drives the I/O reactor; per-connection
-//!   [`Handler::on_init`], [`Handler::handle`], [`Handler::on_close`]; [`Mailbox`]es for user
-//!   messages.
+//! - [`TcpServer`]: glisten-shaped, an acceptor pool over executor threads, each thread running
+//!   its connections on a local executor that also drives the I/O reactor, for any protocol
+//!   over TCP or TLS ([`tcp::Handler`]); bounded send queues and mailboxes, a connection limit
+//!   ([`ServerLimits`]).
+//! - [`Server`]: the WebSocket server, which is [`TcpServer`] running [`WsProtocol`]:
+//!   per-connection [`Handler::on_init`], [`Handler::handle`], [`Handler::on_close`];
+//!   [`Mailbox`]es for user messages.
 //! - [`Client`]: `connect`, `send`, `recv`, `close`, usable from any executor.
 //!
-//! The handler surface and TLS set-up are shared with `spool-std` and re-exported here.
+//! The handler surfaces, the WebSocket session machine, the limits and TLS set-up are shared
+//! with `spool-std` and re-exported here: a handler behaves the same on either shell.
 #![warn(missing_docs)]
 
 pub mod chat;
@@ -20,6 +24,7 @@ mod client;
 mod io;
 pub mod live_demo;
 mod server;
+mod tcp_server;
 
 pub use client::{Client, ClientOptions};
 pub use server::{Server, ServerHandle};
@@ -28,7 +33,8 @@ pub use spool_std::handler::{
     Action, ClientError, Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, MailboxSink,
     Next, Rejection, StartError,
 };
-pub use spool_std::tls;
+pub use spool_std::{ServerLimits, WsProtocol, tcp, tls};
+pub use tcp_server::{TcpServer, TcpServerHandle};
 
 /// The README's Rust examples, compiled as doc tests so they cannot rot.
 #[cfg(doctest)]

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use spool_core::cassette::{self, Views};
 use spool_core::view::demo::{Dashboard, Demo};
+use spool_std::Handler;
 use spool_std::channels::{ChannelSocket, Hub};
 use spool_std::live::{Live, Site, SiteStats, Ticker};
 
@@ -56,17 +57,14 @@ impl LiveDemo {
     }
 }
 
-/// Puts the live views beside the channel `socket` of `hub`, and starts the ticker that sweeps
+/// Puts the live views beside `other` (the channel socket of `hub`), and starts the ticker that sweeps
 /// preflights and refreshes dashboards every second.
 ///
 /// # Errors
 /// When the ticker's thread cannot start.
-pub fn mount(
-    socket: ChannelSocket,
-    hub: Arc<Hub>,
-) -> std::io::Result<(Site<ChannelSocket>, LiveDemo)> {
+pub fn mount<H: Handler>(other: H, hub: Arc<Hub>) -> std::io::Result<(Site<H>, LiveDemo)> {
     let live = Arc::new(live(cassette::Config::default()));
-    let site = Site::new(socket, live.clone());
+    let site = Site::new(other, live.clone());
     let job = dashboard_job(live.clone(), site.stats(), hub);
     let ticker = Ticker::start("spool-live-tick", Duration::from_secs(1), job)?;
     Ok((

@@ -455,7 +455,13 @@ fn a_peer_that_stops_reading_is_closed_by_the_core_timers() {
         ..ws::Config::default()
     };
     let echo = Echo::default();
-    let server = Server::new(echo.clone()).config(config).start().unwrap();
+    // Past the default 1 MiB of unsent bytes the server would close this peer as too slow
+    // (1008, tests/faults.rs): raised here so that it is the core's timers that end it.
+    let server = Server::new(echo.clone())
+        .config(config)
+        .max_unsent_bytes(64 << 20)
+        .start()
+        .unwrap();
     let mut tcp = std::net::TcpStream::connect(server.local_addr()).unwrap();
     tcp.write_all(
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\

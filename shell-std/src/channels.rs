@@ -14,15 +14,23 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Instant;
 
 use spool_core::channel::{self, ClientId, Frame, Outbound, Recipients, Runtime};
 use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
 
+use crate::clock::Clock;
 use crate::handler::{
     Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, Next, Rejection,
 };
+
+/// A seed for [`channel::Config::with_seed`], from the OS: the runtime's hash maps are keyed
+/// by topics and presence keys that peers choose, so the seed must be one they cannot guess.
+pub fn hash_seed() -> u64 {
+    let mut seed = [0; 8];
+    crate::random::fill(&mut seed);
+    u64::from_le_bytes(seed)
+}
 
 /// What the hub sends a socket.
 #[derive(Clone, Debug)]
@@ -41,9 +49,10 @@ enum HubInput {
     Stop,
 }
 
-/// Frames from sockets that may wait for the hub; past it a socket's frame is refused (the
-/// socket is closed with 1013, try again later) rather than the hub's memory growing. Connects
-/// and disconnects always enter: there is one of each per connection, and the server bounds
+/// Events that may wait for the hub (frames from sockets, the application's own events); past
+/// it a socket's frame is refused (the socket is closed with 1013, try again later) and
+/// [`Hub::event`] returns [`HubFull`], rather than the hub's memory growing. Connects and
+/// disconnects always enter: there is one of each per connection, and the server bounds
 /// connections.
 pub const HUB_QUEUE_CAPACITY: usize = 65_536;
 
@@ -56,45 +65,84 @@ struct HubQueue {
 
 struct QueueInner {
     items: VecDeque<HubInput>,
-    /// Socket frames among `items`.
+    /// Bounded events among `items`: all but connects and disconnects.
     frames: usize,
 }
 
-/// The hub's queue is full: the frame was not taken.
-#[derive(Debug)]
-struct HubFull;
+/// The hub's queue holds [`HUB_QUEUE_CAPACITY`] events already: this one was not taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubFull;
+
+impl std::fmt::Display for HubFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the channel hub's queue is full")
+    }
+}
+
+impl std::error::Error for HubFull {}
+
+impl HubInput {
+    /// Whether this input counts against the queue's bound.
+    fn is_bounded(&self) -> bool {
+        matches!(self, HubInput::Event(e) if !matches!(
+            e,
+            channel::Event::Connect { .. } | channel::Event::Disconnect { .. }
+        ))
+    }
+}
 
 impl HubQueue {
     fn lock(&self) -> std::sync::MutexGuard<'_, QueueInner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues anything but a socket frame.
-    fn push(&self, input: HubInput) {
-        self.lock().items.push_back(input);
-        self.ready.notify_one();
-    }
-
-    /// Queues a socket frame, within the bound.
-    fn push_frame(&self, input: HubInput) -> Result<(), HubFull> {
+    /// Queues an input, within the bound if it [is bounded](HubInput::is_bounded).
+    fn push(&self, input: HubInput) -> Result<(), HubFull> {
         let mut inner = self.lock();
-        if inner.frames >= self.capacity {
-            return Err(HubFull);
+        if input.is_bounded() {
+            if inner.frames >= self.capacity {
+                return Err(HubFull);
+            }
+            inner.frames += 1;
         }
-        inner.frames += 1;
         inner.items.push_back(input);
         drop(inner);
         self.ready.notify_one();
         Ok(())
     }
 
+    /// The next input, or `None` once `wait` has passed without one.
+    fn pop_within(&self, wait: std::time::Duration) -> Option<HubInput> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut inner = self.lock();
+        loop {
+            if let Some(input) = self.take(&mut inner) {
+                return Some(input);
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            inner = self
+                .ready
+                .wait_timeout(inner, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    fn take(&self, inner: &mut QueueInner) -> Option<HubInput> {
+        let input = inner.items.pop_front()?;
+        if input.is_bounded() {
+            inner.frames -= 1;
+        }
+        Some(input)
+    }
+
     fn pop(&self) -> HubInput {
         let mut inner = self.lock();
         loop {
-            if let Some(input) = inner.items.pop_front() {
-                if matches!(input, HubInput::Event(channel::Event::Receive { .. })) {
-                    inner.frames -= 1;
-                }
+            if let Some(input) = self.take(&mut inner) {
                 return input;
             }
             inner = self
@@ -111,7 +159,7 @@ pub struct Hub {
     /// Set when the hub's thread has failed: sockets are closed with 1011 from then on.
     failed: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    start: Instant,
+    clock: Clock,
 }
 
 /// A socket as the hub holds it: its mailbox, and the flag that tells it it was cut off.
@@ -146,6 +194,7 @@ impl Hub {
             }
             None => None,
         };
+        let clock = Clock::new();
         let queue = Arc::new(HubQueue {
             inner: Mutex::new(QueueInner {
                 items: VecDeque::new(),
@@ -162,28 +211,31 @@ impl Hub {
                 .spawn(move || {
                     let mut members: HashMap<ClientId, Member> = HashMap::new();
                     loop {
-                        let event = match queue.pop() {
-                            HubInput::Stop => break,
-                            HubInput::Connect(id, mailbox, evicted) => {
+                        // One timer: the runtime's next deadline, which a Tick answers.
+                        let input = match runtime.next_deadline() {
+                            Some(at) => queue.pop_within(clock.until(at)),
+                            None => Some(queue.pop()),
+                        };
+                        let event = match input {
+                            None => channel::Event::Tick {
+                                now_ms: clock.now_ms(),
+                            },
+                            Some(HubInput::Stop) => break,
+                            Some(HubInput::Connect(id, mailbox, evicted)) => {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
                             }
-                            HubInput::Inspect(f) => {
+                            Some(HubInput::Inspect(f)) => {
                                 f(&runtime);
                                 continue;
                             }
-                            HubInput::Event(e) => e,
+                            Some(HubInput::Event(e)) => e,
                         };
                         let gone = match &event {
                             channel::Event::Disconnect { client_id, .. } => Some(*client_id),
                             _ => None,
                         };
-                        let now_ms = match &event {
-                            channel::Event::Receive { now_ms, .. }
-                            | channel::Event::Connect { now_ms, .. }
-                            | channel::Event::Disconnect { now_ms, .. } => *now_ms,
-                            _ => 0,
-                        };
+                        let now_ms = clock.now_ms();
                         let handled =
                             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                                 runtime.handle(event.clone())
@@ -223,7 +275,7 @@ impl Hub {
                         // presences leave now); each closes itself with 1008 on its next turn.
                         for id in evicted {
                             if members.remove(&id).is_some() {
-                                queue.push(HubInput::Event(channel::Event::Disconnect {
+                                let _ = queue.push(HubInput::Event(channel::Event::Disconnect {
                                     now_ms,
                                     client_id: id,
                                 }));
@@ -236,7 +288,7 @@ impl Hub {
             queue,
             failed,
             thread: Some(thread),
-            start: Instant::now(),
+            clock,
         })
     }
 
@@ -248,12 +300,12 @@ impl Hub {
     fn send(&self, input: HubInput) {
         // Nobody reads the queue of a failed hub.
         if !self.has_failed() {
-            self.queue.push(input);
+            let _ = self.queue.push(input);
         }
     }
 
     fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// Runs `f` with the runtime on the hub's thread, between two events (a dashboard's look).
@@ -262,8 +314,15 @@ impl Hub {
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).
-    pub fn event(&self, event: channel::Event) {
-        self.send(HubInput::Event(event));
+    ///
+    /// # Errors
+    /// [`HubFull`] when [`HUB_QUEUE_CAPACITY`] events wait already: the hub is not keeping up,
+    /// and the event was dropped. A failed hub drops every event.
+    pub fn event(&self, event: channel::Event) -> Result<(), HubFull> {
+        if self.has_failed() {
+            return Ok(());
+        }
+        self.queue.push(HubInput::Event(event))
     }
 }
 
@@ -451,7 +510,7 @@ impl Handler for ChannelSocket {
         };
         if self.hub.has_failed() {
             conn.close(1011, "channel hub failed");
-        } else if self.hub.queue.push_frame(HubInput::Event(event)).is_err() {
+        } else if self.hub.queue.push(HubInput::Event(event)).is_err() {
             tracing::warn!(
                 client = state.id.0,
                 "the channel hub's queue is full; closing a socket with 1013"
@@ -471,5 +530,60 @@ impl Handler for ChannelSocket {
                 client_id: state.id,
             }));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(capacity: usize) -> HubQueue {
+        HubQueue {
+            inner: Mutex::new(QueueInner {
+                items: VecDeque::new(),
+                frames: 0,
+            }),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn frame(n: u64) -> HubInput {
+        HubInput::Event(channel::Event::Receive {
+            now_ms: 0,
+            client_id: ClientId(n),
+            frame: Frame::Text("[]".into()),
+        })
+    }
+
+    #[test]
+    fn frames_and_application_events_are_bounded_connects_and_disconnects_are_not() {
+        let q = queue(3);
+        for n in 0..3 {
+            assert!(q.push(frame(n)).is_ok());
+        }
+        assert_eq!(q.push(frame(9)).err(), Some(HubFull));
+        let broadcast = HubInput::Event(channel::Event::Broadcast {
+            now_ms: 0,
+            except: None,
+            topic: "t".into(),
+            event: "e".into(),
+            payload: channel::Payload::empty(),
+        });
+        assert_eq!(q.push(broadcast).err(), Some(HubFull));
+        // Lifecycle events always enter, so no socket's presences are ever left behind.
+        let disconnect = channel::Event::Disconnect {
+            now_ms: 0,
+            client_id: ClientId(1),
+        };
+        assert!(q.push(HubInput::Event(disconnect)).is_ok());
+        assert!(q.push(HubInput::Stop).is_ok());
+        // Taking a frame makes room for one more.
+        assert!(matches!(
+            q.pop(),
+            HubInput::Event(channel::Event::Receive { .. })
+        ));
+        assert!(q.push(frame(10)).is_ok());
+        assert_eq!(q.push(frame(11)).err(), Some(HubFull));
     }
 }

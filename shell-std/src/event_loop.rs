@@ -42,8 +42,8 @@ const READ_BUDGET: usize = 256 * 1024;
 /// The scratch buffer every read of a loop goes through; an idle connection holds none.
 const SCRATCH_LEN: usize = 64 * 1024;
 
-/// How long a connection may take over its TLS handshake before it is dropped.
-const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// How long a connection may take over its TLS handshake before it is dropped, by default.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a closing connection may take to write what it still has, when the handler asked
 /// to close at once: the queue is bounded, so this is for a peer that stopped reading.
@@ -84,6 +84,7 @@ pub struct TcpServer<H: tcp::Handler> {
     addr: String,
     threads: Option<usize>,
     tls: Option<(PathBuf, PathBuf)>,
+    tls_handshake_timeout: Duration,
     limits: ServerLimits,
 }
 
@@ -146,6 +147,7 @@ impl<H: tcp::Handler> TcpServer<H> {
             addr: "127.0.0.1:0".to_string(),
             threads: None,
             tls: None,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
             limits: ServerLimits::default(),
         }
     }
@@ -168,6 +170,14 @@ impl<H: tcp::Handler> TcpServer<H> {
     #[must_use = "a builder does nothing until start()"]
     pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
         self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// How long a TLS handshake may take before the connection is dropped (its handler never
+    /// sees it). Default 10 s; the WebSocket server uses its `handshake_timeout_ms`.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
         self
     }
 
@@ -213,6 +223,8 @@ impl<H: tcp::Handler> TcpServer<H> {
         let shared = Arc::new(Shared {
             handler: self.handler,
             tls,
+            tls_handshake_ms: u64::try_from(self.tls_handshake_timeout.as_millis())
+                .unwrap_or(u64::MAX),
             clock: Clock::new(),
             limits: ServerLimits {
                 max_unsent_bytes: self.limits.max_unsent_bytes.max(1),
@@ -338,6 +350,7 @@ impl<H: tcp::Handler> Stoppable for Shared<H> {
 struct Shared<H: tcp::Handler> {
     handler: H,
     tls: Option<Arc<rustls::ServerConfig>>,
+    tls_handshake_ms: u64,
     clock: Clock,
     limits: ServerLimits,
     stopping: AtomicBool,
@@ -685,7 +698,7 @@ impl<H: tcp::Handler> Loop<H> {
             close_notified: false,
         });
         if self.entries[key].tls.is_some() {
-            self.arm(key, now + TLS_HANDSHAKE_TIMEOUT_MS);
+            self.arm(key, now.saturating_add(self.shared.tls_handshake_ms));
         } else {
             self.start_handler(key);
         }
@@ -747,6 +760,13 @@ impl<H: tcp::Handler> Loop<H> {
             let now = self.shared.clock.now_ms();
             if let Some(slot) = &mut entry.slot {
                 slot.user(&self.shared.handler, message, now, &mut entry.out);
+                // Write as the batch grows, so that a burst from a mailbox is not mistaken for
+                // a backlog the peer failed to read.
+                if entry.out.unsent() > self.shared.limits.max_unsent_bytes / 2 {
+                    if let Err(e) = write(entry) {
+                        tracing::debug!(peer = %entry.peer, "write failed: {e}");
+                    }
+                }
                 if touched.last() != Some(&key) {
                     touched.push(key);
                 }
@@ -949,11 +969,11 @@ impl<H: tcp::Handler> Loop<H> {
             }
             let Some(slot) = &mut entry.slot else {
                 // Still in the TLS handshake.
-                if now >= entry.opened_ms + TLS_HANDSHAKE_TIMEOUT_MS {
-                    tracing::debug!(peer = %entry.peer, "tls handshake timed out");
+                let until = entry.opened_ms.saturating_add(self.shared.tls_handshake_ms);
+                if now >= until {
+                    tracing::warn!(peer = %entry.peer, "tls handshake timed out");
                     self.remove(key, End::PeerGone);
                 } else {
-                    let until = entry.opened_ms + TLS_HANDSHAKE_TIMEOUT_MS;
                     self.arm(key, until);
                 }
                 continue;
@@ -1061,7 +1081,7 @@ fn read_tls(
         Err(_) => return Err(End::PeerGone),
     }
     if let Err(e) = tls.process_new_packets() {
-        tracing::debug!(%peer, "tls error: {e}");
+        tracing::warn!(%peer, "tls failed: {e}");
         // Tell the peer why (the alert rustls queued), best effort.
         let _ = tls.write_tls(&mut &*socket);
         return Err(End::PeerGone);

@@ -20,7 +20,7 @@ pub mod handler;
 pub mod live;
 pub mod outgoing;
 mod random;
-mod record;
+pub mod record;
 mod server;
 pub mod tcp;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! Event logs (`spool_core::replay`): the setup line, then every event given to the core, one
 //! JSON object a line, so that a connection seen in the field replays to the same outbounds.
+//! Shared by both shells: `spool-smol`'s client records through it too.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -9,7 +10,7 @@ use spool_core::replay::{Line, Setup};
 use spool_core::ws::Event;
 
 /// One connection's event log, written through a buffer as events happen.
-pub(crate) struct Recorder {
+pub struct Recorder {
     out: BufWriter<File>,
     /// Set after the first write error: a log with a hole in it would replay to something else,
     /// so the rest is dropped rather than the connection failed for its log's sake.
@@ -21,7 +22,7 @@ impl Recorder {
     ///
     /// # Errors
     /// When the file cannot be created.
-    pub(crate) fn create(path: &Path, setup: Setup) -> io::Result<Recorder> {
+    pub fn create(path: &Path, setup: Setup) -> io::Result<Recorder> {
         let mut recorder = Recorder {
             out: BufWriter::new(File::create(path)?),
             broken: false,
@@ -31,14 +32,14 @@ impl Recorder {
     }
 
     /// Records one event, before it is handed to the core.
-    pub(crate) fn event(&mut self, event: &Event) {
+    pub fn event(&mut self, event: &Event) {
         // Line owns its event; the clone is a reference count for bytes and a copy for text,
         // paid only while recording.
         self.line(&Line::Event(event.clone()));
     }
 
     /// Writes out what is buffered, so the log is whole up to here.
-    pub(crate) fn flush(&mut self) {
+    pub fn flush(&mut self) {
         if !self.broken && self.out.flush().is_err() {
             self.broken = true;
         }

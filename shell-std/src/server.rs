@@ -158,6 +158,8 @@ impl<H: Handler> Server<H> {
     /// certificate or key files, [`StartError::SystemError`] when binding, creating the record
     /// directory or spawning a thread fails.
     pub fn start(self) -> Result<ServerHandle, StartError> {
+        // The TLS handshake counts against the WebSocket opening handshake's bound.
+        let tls_handshake = Duration::from_millis(self.config.handshake_timeout_ms);
         let protocol = WsProtocol::new(
             self.handler,
             self.config,
@@ -165,7 +167,10 @@ impl<H: Handler> Server<H> {
             self.limits.max_unsent_bytes,
             self.record,
         )?;
-        let mut server = TcpServer::new(protocol).bind(self.addr).limits(self.limits);
+        let mut server = TcpServer::new(protocol)
+            .bind(self.addr)
+            .tls_handshake_timeout(tls_handshake)
+            .limits(self.limits);
         if let Some(n) = self.threads {
             server = server.threads(n);
         }

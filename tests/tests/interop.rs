@@ -16,14 +16,14 @@ const SIXTEEN_MIB: usize = 16 << 20;
 
 fn configs() -> [(&'static str, ws::Config); 2] {
     [
-        ("deflate offered", ws::Config::default()),
         (
-            "deflate off",
+            "deflate offered",
             ws::Config {
-                deflate: None,
+                deflate: Some(ws::DeflateConfig::default()),
                 ..ws::Config::default()
             },
         ),
+        ("deflate off (the default)", ws::Config::default()),
     ]
 }
 

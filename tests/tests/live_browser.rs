@@ -36,7 +36,7 @@ fn chromium_clicks_and_types_on_live_demo_and_watches_the_dashboard() {
 
     let server = chat::serve(ChatOptions {
         bind: "127.0.0.1:0".into(),
-        record: None,
+        ..ChatOptions::default()
     })
     .unwrap();
     let base = format!("http://{}", server.local_addr());

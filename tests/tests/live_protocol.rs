@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use spool_core::cassette;
 use spool_core::ws::{self, Message};
+use spool_smol::chat::ChatOptions;
 use spool_smol::live_demo;
 use spool_std::live::{Live, LiveSocket};
 use spool_std::{Client, ServerHandle};
@@ -345,9 +346,9 @@ fn sessions_end_however_their_connections_end() {
 
 #[test]
 fn spool_serve_dashboard_changes_every_second() {
-    let server = spool_smol::chat::serve(spool_smol::chat::ChatOptions {
+    let server = spool_smol::chat::serve(ChatOptions {
         bind: "127.0.0.1:0".into(),
-        record: None,
+        ..ChatOptions::default()
     })
     .unwrap();
     let addr = server.local_addr();
@@ -367,7 +368,7 @@ fn spool_serve_dashboard_changes_every_second() {
     assert_ne!(first, second);
     // The live demo is there too.
     assert_eq!(http_get(addr, "/live-demo").0, 200);
-    assert_eq!(server.live().counts().1, 1);
+    assert_eq!(server.live_views().counts().1, 1);
     server.shutdown();
 }
 

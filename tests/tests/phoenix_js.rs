@@ -38,7 +38,7 @@ fn scenario(name: &str) {
 
     let server = chat::serve(ChatOptions {
         bind: "127.0.0.1:0".into(),
-        record: None,
+        ..ChatOptions::default()
     })
     .unwrap();
     let url = format!("ws://{}/socket", server.local_addr());

@@ -42,6 +42,7 @@
 
 mod config;
 mod event;
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzz;
 mod machine;

@@ -3,8 +3,9 @@
 //! same handler (a replay is only exact with the code that was recorded).
 //!
 //! Any join succeeds and tracks a presence under the `user` join parameter (with a `name` meta
-//! if given); `shout` is broadcast to the topic; `ping` replies `{"pong": payload}`; `crash`
-//! crashes the channel (the client gets `phx_error` and rejoins).
+//! if given); `shout` is broadcast to the topic, its payload relayed as the client wrote it,
+//! unparsed; `ping` replies `{"pong": payload}`; `crash` crashes the channel (the client gets
+//! `phx_error` and rejoins).
 
 use serde_json::{Map, Value, json};
 
@@ -19,7 +20,8 @@ pub const APP: &str = "demo";
 pub struct Room;
 
 impl ChannelHandler for Room {
-    fn join(&self, _topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+    fn join(&self, _topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        let params = params.to_value().unwrap_or(Value::Null);
         if let Some(user) = params
             .get("user")
             .and_then(Value::as_str)
@@ -41,7 +43,7 @@ impl ChannelHandler for Room {
                 HandleIn::NoReply
             }
             "ping" => {
-                let pong = payload.json().cloned().unwrap_or(Value::Null);
+                let pong = payload.to_value().unwrap_or(Value::Null);
                 HandleIn::ok(json!({ "pong": pong }))
             }
             "crash" => HandleIn::Crash {

@@ -4,6 +4,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use super::payload::Payload;
 use crate::presence;
 use crate::ws::Text;
 
@@ -11,37 +12,6 @@ use crate::ws::Text;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct ClientId(pub u64);
-
-/// A message's payload: JSON, or raw bytes (Phoenix's binary serializer).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Payload {
-    /// A JSON value (an object, for everything phoenix.js sends).
-    Json(Value),
-    /// Bytes, from or for a binary frame.
-    Binary(#[serde(with = "crate::b64")] Bytes),
-}
-
-impl Payload {
-    /// An empty JSON object, `{}`.
-    pub fn empty() -> Payload {
-        Payload::Json(Value::Object(serde_json::Map::new()))
-    }
-
-    /// The JSON value, if this is JSON.
-    pub fn json(&self) -> Option<&Value> {
-        match self {
-            Payload::Json(v) => Some(v),
-            Payload::Binary(_) => None,
-        }
-    }
-}
-
-impl From<Value> for Payload {
-    fn from(v: Value) -> Payload {
-        Payload::Json(v)
-    }
-}
 
 /// A WebSocket message to or from a client: what the shell reads and writes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,7 +53,9 @@ pub enum Event {
         /// The socket.
         client_id: ClientId,
     },
-    /// A client joins a topic.
+    /// A client joins a topic, or joins it again (phoenix.js's rejoin after an error is the
+    /// same `phx_join`; logs from before the two were one may say `rejoin`).
+    #[serde(alias = "rejoin")]
     Join {
         /// The shell's clock.
         now_ms: u64,
@@ -94,22 +66,6 @@ pub enum Event {
         /// The join's reference; later messages on this channel carry it.
         join_ref: String,
         /// The message reference to reply to (phoenix.js uses `join_ref`).
-        #[serde(rename = "ref")]
-        msg_ref: Option<String>,
-        /// The join parameters.
-        params: Value,
-    },
-    /// A client joins a topic again after an error (phoenix.js's rejoin); handled as a join.
-    Rejoin {
-        /// The shell's clock.
-        now_ms: u64,
-        /// The socket.
-        client_id: ClientId,
-        /// The topic.
-        topic: String,
-        /// The new join's reference.
-        join_ref: String,
-        /// The message reference to reply to.
         #[serde(rename = "ref")]
         msg_ref: Option<String>,
         /// The join parameters.
@@ -176,6 +132,12 @@ pub enum Event {
         /// The shell's clock.
         now_ms: u64,
     },
+    /// Time passed: the shell's timer for [`Runtime::next_deadline`](super::Runtime::next_deadline)
+    /// fired. Sockets silent for the heartbeat timeout are dropped.
+    Tick {
+        /// The shell's clock.
+        now_ms: u64,
+    },
 }
 
 impl Event {
@@ -186,12 +148,29 @@ impl Event {
             | Event::Receive { now_ms, .. }
             | Event::Disconnect { now_ms, .. }
             | Event::Join { now_ms, .. }
-            | Event::Rejoin { now_ms, .. }
             | Event::Leave { now_ms, .. }
             | Event::Push { now_ms, .. }
             | Event::Broadcast { now_ms, .. }
             | Event::Crash { now_ms, .. }
-            | Event::Restart { now_ms } => now_ms,
+            | Event::Restart { now_ms }
+            | Event::Tick { now_ms } => now_ms,
+        }
+    }
+
+    /// The socket this event says was heard from, if any: it sent a frame, or joined, left or
+    /// pushed, or connected.
+    pub fn sender(&self) -> Option<ClientId> {
+        match *self {
+            Event::Connect { client_id, .. }
+            | Event::Receive { client_id, .. }
+            | Event::Join { client_id, .. }
+            | Event::Leave { client_id, .. }
+            | Event::Push { client_id, .. } => Some(client_id),
+            Event::Disconnect { .. }
+            | Event::Broadcast { .. }
+            | Event::Crash { .. }
+            | Event::Restart { .. }
+            | Event::Tick { .. } => None,
         }
     }
 }

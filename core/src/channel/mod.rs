@@ -12,13 +12,18 @@
 mod config;
 pub mod demo;
 mod event;
+mod heartbeat;
+mod membership;
 mod outbox;
+mod payload;
 pub mod protocol;
 mod router;
 mod runtime;
+mod subscribers;
 
 pub use config::Config;
-pub use event::{ClientId, Event, Frame, Outbound, Payload, Recipients};
+pub use event::{ClientId, Event, Frame, Outbound, Recipients};
+pub use payload::{JsonText, Payload};
 pub use router::{ChannelHandler, HandleIn, Router, Socket, SocketAction};
 pub use runtime::{Adapter, Runtime, object};
 

@@ -3,8 +3,9 @@
 
 use super::event::{ClientId, Outbound, Payload};
 use super::protocol;
-use super::runtime::Runtime;
+use super::runtime::{Runtime, clip};
 use crate::presence::Diff;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
 impl Runtime {
     pub(super) fn new_ref(&mut self) -> String {
@@ -35,7 +36,7 @@ impl Runtime {
                 response,
                 frame,
             }),
-            None => self.system(format!("reply not encodable: {topic}")),
+            None => self.system(format!("reply not encodable: {}", clip(topic))),
         }
     }
 
@@ -58,7 +59,11 @@ impl Runtime {
                 payload,
                 frame,
             }),
-            None => self.system(format!("push not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "push not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 
@@ -77,28 +82,30 @@ impl Runtime {
         let route = self.router.find(topic);
         let handler = route.and_then(|r| self.router.handler(r)).cloned();
         if let Some(handler) = handler.filter(|h| h.intercepts().contains(&event)) {
-            let recipients: Vec<ClientId> = subs
-                .list
-                .iter()
-                .copied()
-                .filter(|c| Some(*c) != except)
-                .collect();
+            let recipients: Vec<ClientId> = subs.iter().filter(|c| Some(*c) != except).collect();
+            let mut crashed = Vec::new();
             for client in recipients {
                 let Some(m) = self.membership_mut(client, topic) else {
                     continue;
                 };
-                let out = handler.handle_out(event, payload, &mut m.socket);
+                let socket = &mut m.socket;
+                let out = catch_unwind(AssertUnwindSafe(|| {
+                    handler.handle_out(event, payload, socket)
+                }));
                 let join_ref = m.socket.join_ref().to_string();
-                if let Some(p) = out {
-                    self.push(client, topic, Some(&join_ref), None, event, p);
+                match out {
+                    Ok(Some(p)) => self.push(client, topic, Some(&join_ref), None, event, p),
+                    Ok(None) => {}
+                    // That subscriber's channel crashes; the others still get theirs.
+                    Err(_) => crashed.push(client),
                 }
+            }
+            for client in crashed {
+                self.crash_channel(client, topic, "handler panicked");
             }
             return;
         }
-        let recipients: Vec<ClientId> = match except {
-            None => subs.list.clone(),
-            Some(x) => subs.list.iter().copied().filter(|c| *c != x).collect(),
-        };
+        let recipients = subs.recipients(except);
         if recipients.is_empty() {
             return;
         }
@@ -109,7 +116,11 @@ impl Runtime {
                 recipients,
                 frame,
             }),
-            None => self.system(format!("broadcast not encodable: {topic} {event}")),
+            None => self.system(format!(
+                "broadcast not encodable: {} {}",
+                clip(topic),
+                clip(event)
+            )),
         }
     }
 
@@ -117,11 +128,14 @@ impl Runtime {
         if diff.is_empty() {
             return;
         }
-        let recipients = self.subscribers(topic);
+        let recipients = match self.topics.get(topic) {
+            Some(subs) => subs.recipients(None),
+            None => return,
+        };
         if recipients.is_empty() {
             return;
         }
-        let payload = Payload::Json(diff.to_json());
+        let payload = Payload::from(diff.to_json());
         if let Some(frame) = protocol::encode_broadcast(topic, "presence_diff", &payload) {
             self.outbox.push(Outbound::PresenceDiff {
                 topic: topic.into(),

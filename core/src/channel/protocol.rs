@@ -4,10 +4,12 @@
 use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-use super::event::{Frame, Payload};
+use super::config::Config;
+use super::event::Frame;
+use super::payload::{JsonText, Payload};
 use crate::ws::Text;
 
 /// A decoded client message: `[join_ref, ref, topic, event, payload]`.
@@ -21,13 +23,15 @@ pub struct Message {
     pub topic: String,
     /// The event name.
     pub event: String,
-    /// The payload.
+    /// The payload, as the frame carried it.
     pub payload: Payload,
 }
 
-/// A client frame that is not a V2 message.
+/// A client frame that is not a V2 message, or breaks a limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
+    /// A frame longer than `max_message_len`.
+    TooBig,
     /// A text frame that is not JSON.
     NotJson,
     /// JSON that is not an array of at least five elements.
@@ -36,16 +40,32 @@ pub enum DecodeError {
     BadField(&'static str),
     /// A binary frame of a kind clients do not send, or cut short.
     BadBinary,
+    /// A reference, topic or event name over its limit in the configuration.
+    TooLong(&'static str),
 }
 
 impl DecodeError {
     /// A short lowercase description, also the close reason sent to the client.
     pub fn as_str(self) -> &'static str {
         match self {
+            DecodeError::TooBig => "message too big",
             DecodeError::NotJson => "text frame is not json",
             DecodeError::NotAnArray => "expected [join_ref, ref, topic, event, payload]",
             DecodeError::BadField(_) => "a message field has the wrong type",
             DecodeError::BadBinary => "malformed binary message",
+            DecodeError::TooLong("topic") => "topic too long",
+            DecodeError::TooLong("event") => "event name too long",
+            DecodeError::TooLong(_) => "ref too long",
+        }
+    }
+
+    /// The WebSocket close code for the socket that sent it: 1009 (message too big) for a
+    /// frame over the limit, else 1008 (policy violation), as Phoenix closes a socket whose
+    /// frame its serializer cannot read.
+    pub fn close_code(self) -> u16 {
+        match self {
+            DecodeError::TooBig => 1009,
+            _ => 1008,
         }
     }
 }
@@ -53,7 +73,9 @@ impl DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::BadField(name) => write!(f, "{}: {name}", self.as_str()),
+            DecodeError::BadField(name) | DecodeError::TooLong(name) => {
+                write!(f, "{}: {name}", self.as_str())
+            }
             _ => f.write_str(self.as_str()),
         }
     }
@@ -66,46 +88,108 @@ const KIND_PUSH: u8 = 0;
 const KIND_REPLY: u8 = 1;
 const KIND_BROADCAST: u8 = 2;
 
-/// Decodes a client frame.
+/// Decodes a client frame, within the limits of `config`.
+///
+/// The length is checked first, from the frame's length alone, and the lengths of the refs,
+/// topic and event name once decoded. A text frame's payload stays the frame's own bytes:
+/// decoding checks it is JSON and copies nothing.
 ///
 /// # Errors
-/// [`DecodeError`] for anything phoenix.js would not send.
-pub fn decode(frame: &Frame) -> Result<Message, DecodeError> {
-    match frame {
-        Frame::Text(text) => decode_text(text),
-        Frame::Binary(bytes) => decode_binary(bytes),
+/// [`DecodeError`] for a frame over the limits, or anything phoenix.js would not send.
+pub fn decode(frame: &Frame, config: &Config) -> Result<Message, DecodeError> {
+    let len = match frame {
+        Frame::Text(t) => t.len(),
+        Frame::Binary(b) => b.len(),
+    };
+    if len > config.max_message_len {
+        return Err(DecodeError::TooBig);
+    }
+    let m = match frame {
+        Frame::Text(text) => decode_text(text)?,
+        Frame::Binary(bytes) => decode_binary(bytes)?,
+    };
+    let (join_ref, msg_ref) = (m.join_ref.as_deref(), m.msg_ref.as_deref());
+    check_lengths(config, join_ref, msg_ref, &m.topic, &m.event)?;
+    Ok(m)
+}
+
+/// Checks a message's strings against the limits of `config`: replies and notices echo them,
+/// so none may be longer than its limit.
+///
+/// # Errors
+/// [`DecodeError::TooLong`] naming the first field over its limit.
+pub fn check_lengths(
+    config: &Config,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+) -> Result<(), DecodeError> {
+    let fields = [
+        ("join_ref", join_ref.map_or(0, str::len), config.max_ref_len),
+        ("ref", msg_ref.map_or(0, str::len), config.max_ref_len),
+        ("topic", topic.len(), config.max_topic_len),
+        ("event", event.len(), config.max_event_len),
+    ];
+    match fields.iter().find(|(_, len, max)| len > max) {
+        Some((name, ..)) => Err(DecodeError::TooLong(name)),
+        None => Ok(()),
     }
 }
 
-fn decode_text(text: &str) -> Result<Message, DecodeError> {
-    let value: Value = serde_json::from_str(text).map_err(|_| DecodeError::NotJson)?;
-    let Value::Array(mut fields) = value else {
-        return Err(DecodeError::NotAnArray);
-    };
-    if fields.len() < 5 {
-        return Err(DecodeError::NotAnArray);
+/// The five elements of a V2 array, each as its raw JSON text; elements past the fifth are
+/// checked and skipped, as Phoenix ignores them.
+struct Fields<'a>([&'a RawValue; 5]);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Fields<'de>, D::Error> {
+        d.deserialize_seq(FieldsVisitor)
     }
-    // Phoenix ignores elements past the fifth.
-    fields.truncate(5);
-    let payload = fields.pop().unwrap_or(Value::Null);
-    let mut take_string =
-        |i: usize, name: &'static str, nullable: bool| -> Result<Option<String>, DecodeError> {
-            match std::mem::take(&mut fields[i]) {
-                Value::String(s) => Ok(Some(s)),
-                Value::Null if nullable => Ok(None),
-                _ => Err(DecodeError::BadField(name)),
-            }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[join_ref, ref, topic, event, payload]")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Fields<'de>, A::Error> {
+        let mut next = |i: usize| {
+            seq.next_element::<&RawValue>()?
+                .ok_or_else(|| de::Error::invalid_length(i, &self))
         };
-    let join_ref = take_string(0, "join_ref", true)?;
-    let msg_ref = take_string(1, "ref", true)?;
-    let topic = take_string(2, "topic", false)?.unwrap_or_default();
-    let event = take_string(3, "event", false)?.unwrap_or_default();
+        let fields = [next(0)?, next(1)?, next(2)?, next(3)?, next(4)?];
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Fields(fields))
+    }
+}
+
+fn decode_text(text: &Text) -> Result<Message, DecodeError> {
+    let Fields([join_ref, msg_ref, topic, event, payload]) =
+        serde_json::from_str(text).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => DecodeError::NotAnArray,
+            _ => DecodeError::NotJson,
+        })?;
+    let string = |raw: &RawValue, name: &'static str| {
+        serde_json::from_str::<Option<String>>(raw.get()).map_err(|_| DecodeError::BadField(name))
+    };
+    let join_ref = string(join_ref, "join_ref")?;
+    let msg_ref = string(msg_ref, "ref")?;
+    let topic = string(topic, "topic")?.ok_or(DecodeError::BadField("topic"))?;
+    let event = string(event, "event")?.ok_or(DecodeError::BadField("event"))?;
+    // The payload is a slice of the frame: `raw` borrows from `text`, so `slice_ref` finds it
+    // there, and a slice of JSON text at a value's bounds is UTF-8.
+    let bytes = text.as_bytes().slice_ref(payload.get().as_bytes());
+    let payload = Text::from_utf8(bytes).map_err(|_| DecodeError::NotJson)?;
     Ok(Message {
         join_ref,
         msg_ref,
         topic,
         event,
-        payload: Payload::Json(payload),
+        payload: Payload::Json(JsonText::checked(payload)),
     })
 }
 
@@ -137,17 +221,46 @@ fn decode_binary(bytes: &Bytes) -> Result<Message, DecodeError> {
     })
 }
 
-/// `{"status": .., "response": ..}`, in Phoenix's field order.
-#[derive(Serialize)]
-struct ReplyBody<'a> {
-    status: &'a str,
-    response: &'a Value,
+/// A V2 JSON array written by hand, so that a payload's text goes in as it is: the same bytes
+/// serde_json writes for the tuple (no spaces, its string escapes).
+struct JsonArray(Vec<u8>);
+
+impl JsonArray {
+    fn new(capacity: usize) -> JsonArray {
+        let mut out = Vec::with_capacity(capacity + 64);
+        out.push(b'[');
+        JsonArray(out)
+    }
+
+    fn string(mut self, s: Option<&str>) -> JsonArray {
+        match s {
+            // Writing to a Vec cannot fail.
+            Some(s) => {
+                let _ = serde_json::to_writer(&mut self.0, s);
+            }
+            None => self.0.extend_from_slice(b"null"),
+        }
+        self.0.push(b',');
+        self
+    }
+
+    fn raw(mut self, json: &str) -> JsonArray {
+        self.0.extend_from_slice(json.as_bytes());
+        self
+    }
+
+    fn finish(mut self) -> Option<Frame> {
+        self.0.push(b']');
+        // Every piece was UTF-8: escaped strings, `null`, commas and JSON text.
+        String::from_utf8(self.0)
+            .ok()
+            .map(|s| Frame::Text(Text::from(s)))
+    }
 }
 
-fn json_frame<T: Serialize>(message: &T) -> Frame {
-    // Serializing tuples of strings and `Value`s cannot fail: every map key is a string.
-    let text = serde_json::to_string(message).unwrap_or_default();
-    Frame::Text(Text::from(text))
+/// The four strings before the payload, and their length.
+fn head_len(fields: [Option<&str>; 4]) -> usize {
+    fields.iter().map(|f| f.map_or(4, str::len) + 3).sum()
 }
 
 /// A reply: `[jr, ref, topic, "phx_reply", {"status", "response"}]`, or a kind-1 binary frame
@@ -160,16 +273,16 @@ pub fn encode_reply(
     response: &Payload,
 ) -> Option<Frame> {
     match response {
-        Payload::Json(v) => Some(json_frame(&(
-            join_ref,
-            msg_ref,
-            topic,
-            "phx_reply",
-            ReplyBody {
-                status,
-                response: v,
-            },
-        ))),
+        Payload::Json(j) => {
+            let head = [join_ref, msg_ref, Some(topic), Some("phx_reply")];
+            let mut out = head.iter().fold(
+                JsonArray::new(head_len(head) + status.len() + j.as_str().len()),
+                |out, f| out.string(*f),
+            );
+            out = out.raw(r#"{"status":"#);
+            let _ = serde_json::to_writer(&mut out.0, status);
+            out.raw(r#","response":"#).raw(j.as_str()).raw("}").finish()
+        }
         Payload::Binary(b) => binary_frame(
             KIND_REPLY,
             &[join_ref.unwrap_or(""), msg_ref.unwrap_or(""), topic, status],
@@ -188,7 +301,7 @@ pub fn encode_push(
     payload: &Payload,
 ) -> Option<Frame> {
     match payload {
-        Payload::Json(v) => Some(json_frame(&(join_ref, msg_ref, topic, event, v))),
+        Payload::Json(j) => json_message([join_ref, msg_ref, Some(topic), Some(event)], j),
         Payload::Binary(b) => binary_frame(KIND_PUSH, &[join_ref.unwrap_or(""), topic, event], b),
     }
 }
@@ -197,9 +310,19 @@ pub fn encode_push(
 /// bytes go to every subscriber.
 pub fn encode_broadcast(topic: &str, event: &str, payload: &Payload) -> Option<Frame> {
     match payload {
-        Payload::Json(v) => Some(json_frame(&(None::<&str>, None::<&str>, topic, event, v))),
+        Payload::Json(j) => json_message([None, None, Some(topic), Some(event)], j),
         Payload::Binary(b) => binary_frame(KIND_BROADCAST, &[topic, event], b),
     }
+}
+
+fn json_message(head: [Option<&str>; 4], payload: &JsonText) -> Option<Frame> {
+    head.iter()
+        .fold(
+            JsonArray::new(head_len(head) + payload.as_str().len()),
+            |out, f| out.string(*f),
+        )
+        .raw(payload.as_str())
+        .finish()
 }
 
 /// `kind | one length byte per field | the fields | payload`.
@@ -221,7 +344,14 @@ fn binary_frame(kind: u8, fields: &[&str], payload: &Bytes) -> Option<Frame> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn decode(frame: &Frame) -> Result<Message, DecodeError> {
+        super::decode(frame, &Config::with_seed(1))
+    }
+
+    fn json(text: &str) -> Payload {
+        Payload::Json(JsonText::new(Text::from(text)).unwrap())
+    }
 
     fn text(frame: Option<Frame>) -> String {
         match frame {
@@ -246,7 +376,7 @@ mod tests {
         assert_eq!(m.join_ref.as_deref(), Some("1"));
         assert_eq!(m.msg_ref.as_deref(), Some("2"));
         assert_eq!((m.topic.as_str(), m.event.as_str()), ("room:1", "phx_join"));
-        assert_eq!(m.payload, Payload::Json(json!({"user": "a"})));
+        assert_eq!(m.payload.json_text(), Some(r#"{"user":"a"}"#));
         let hb = decode(&Frame::Text(
             r#"[null,"5","phoenix","heartbeat",{}]"#.into(),
         ))
@@ -303,7 +433,7 @@ mod tests {
                 Some("1"),
                 "room:1",
                 "ok",
-                &Payload::Json(json!({}))
+                &json("{}")
             )),
             r#"["1","1","room:1","phx_reply",{"status":"ok","response":{}}]"#
         );
@@ -313,7 +443,7 @@ mod tests {
                 Some("3"),
                 "x",
                 "error",
-                &Payload::Json(json!({"reason": "unmatched topic"}))
+                &json(r#"{"reason":"unmatched topic"}"#)
             )),
             r#"[null,"3","x","phx_reply",{"status":"error","response":{"reason":"unmatched topic"}}]"#
         );
@@ -323,7 +453,7 @@ mod tests {
                 None,
                 "room:1",
                 "presence_state",
-                &Payload::Json(json!({}))
+                &json("{}")
             )),
             r#"["1",null,"room:1","presence_state",{}]"#
         );
@@ -331,7 +461,7 @@ mod tests {
             text(encode_broadcast(
                 "room:1",
                 "shout",
-                &Payload::Json(json!({"body": "hi"}))
+                &json(r#"{"body":"hi"}"#)
             )),
             r#"[null,null,"room:1","shout",{"body":"hi"}]"#
         );

@@ -16,13 +16,16 @@ use super::event::{ClientId, Payload};
 pub trait ChannelHandler: Send + Sync + 'static {
     /// Decides a join: `Ok(response)` joins and replies `ok` with the response;
     /// `Err(response)` refuses with `error` (e.g. `{"reason": "unauthorized"}`).
-    /// The default accepts with `{}`.
-    fn join(&self, topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
+    /// `params` is the join's payload as the client sent it: `params.parse::<T>()` or
+    /// `params.to_value()` reads it. The default accepts with `{}`.
+    fn join(&self, topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
         let _ = (topic, params, socket);
         Ok(Value::Object(Map::new()))
     }
 
-    /// Handles an event a client pushed. The default ignores it (no reply).
+    /// Handles an event a client pushed. The payload is the client's text, unparsed: relay it
+    /// as it is, or read it with `payload.parse::<T>()` or `payload.to_value()`. The default
+    /// ignores it (no reply).
     fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
         let _ = (event, payload, socket);
         HandleIn::NoReply

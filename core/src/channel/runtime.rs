@@ -2,17 +2,26 @@
 //! presence, in one deterministic state machine.
 //!
 //! Costs: finding a topic's subscribers or a socket's channels is a hash lookup (a socket's
-//! channels are a short list, at most `max_channels_per_socket`); a broadcast encodes its frame
-//! once and copies the subscriber list once, whatever the number of subscribers.
+//! channels are a short list, at most `max_channels_per_socket`); joining and leaving a topic
+//! are O(1) (amortised: see `subscribers.rs`); a broadcast encodes its frame once and
+//! copies the subscriber list once, whatever the number of subscribers.
+//!
+//! This file holds the machine, its queries and the dispatch of events. The rest of
+//! `impl Runtime` lives beside it: `membership.rs` (joining, leaving and pushing on a channel,
+//! what its handler asks, how it ends), `subscribers.rs` (each topic's subscriber table),
+//! `heartbeat.rs` (the deadlines of silent sockets) and `outbox.rs` (spelling what goes out).
 
 use serde_json::{Map, Value, json};
 
 use super::config::Config;
 use super::event::{ClientId, Event, Frame, Outbound, Payload};
+use super::heartbeat::Deadlines;
+use super::membership::Client;
 use super::protocol::{self, Message};
-use super::router::{HandleIn, Router, Socket, SocketAction};
+use super::router::Router;
+use super::subscribers::Subscribers;
 use crate::hash::{HashMap, new_map};
-use crate::presence::{self, Diff, Tracker};
+use crate::presence::{self, Tracker};
 
 /// Where broadcasts go beyond this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,22 +37,6 @@ pub enum Adapter {
     },
 }
 
-/// One joined channel of one socket.
-#[derive(Debug)]
-pub(super) struct Membership {
-    pub(super) route: usize,
-    pub(super) socket: Socket,
-    /// Presence keys this channel tracks, so they leave with it.
-    pub(super) presence_keys: Vec<String>,
-}
-
-/// A topic's subscribers in subscription order, with their positions for O(1) removal.
-#[derive(Debug)]
-pub(super) struct Subscribers {
-    pub(super) list: Vec<ClientId>,
-    pub(super) position: HashMap<ClientId, usize>,
-}
-
 /// The channel runtime. Feed it [`Event`]s; deliver its [`Outbound`]s.
 ///
 /// ```
@@ -52,7 +45,9 @@ pub(super) struct Subscribers {
 /// struct Lobby;
 /// impl ChannelHandler for Lobby {}
 ///
-/// let mut rt = Runtime::new_single_node(Router::new().route("room:*", Lobby), Config::default());
+/// // A server draws the seed from the OS; a test picks any.
+/// let config = Config::with_seed(1);
+/// let mut rt = Runtime::new_single_node(Router::new().route("room:*", Lobby), config);
 /// let join = r#"["1","1","room:lobby","phx_join",{}]"#;
 /// let out = rt.handle(Event::Receive { now_ms: 0, client_id: ClientId(7), frame: Frame::Text(join.into()) });
 /// assert!(matches!(&out[0], Outbound::Reply { status, .. } if status == "ok"));
@@ -62,13 +57,16 @@ pub struct Runtime {
     pub(super) config: Config,
     pub(super) router: Router,
     pub(super) adapter: Adapter,
-    pub(super) clients: HashMap<ClientId, Vec<Membership>>,
+    pub(super) clients: HashMap<ClientId, Client>,
     pub(super) topics: HashMap<String, Subscribers>,
     pub(super) presence: Tracker,
     pub(super) memberships: usize,
     pub(super) crashed: bool,
     pub(super) next_ref: u64,
     pub(super) outbox: Vec<Outbound>,
+    /// The latest `now_ms` seen: time never goes backwards.
+    pub(super) now_ms: u64,
+    pub(super) deadlines: Deadlines,
 }
 
 impl Runtime {
@@ -104,6 +102,8 @@ impl Runtime {
             crashed: false,
             next_ref: 0,
             outbox: Vec::new(),
+            now_ms: 0,
+            deadlines: Deadlines::default(),
         }
     }
 
@@ -123,7 +123,7 @@ impl Runtime {
     pub fn subscribers(&self, topic: &str) -> Vec<ClientId> {
         self.topics
             .get(topic)
-            .map(|s| s.list.clone())
+            .map(|s| s.iter().collect())
             .unwrap_or_default()
     }
 
@@ -135,10 +135,18 @@ impl Runtime {
     /// Every topic with subscribers, sorted: `(topic, subscribers, presences)`, for dashboards.
     pub fn topic_counts(&self) -> Vec<(String, usize, usize)> {
         let mut v: Vec<_> = (self.topics.iter())
-            .map(|(t, s)| (t.clone(), s.list.len(), self.presence.count(t)))
+            .map(|(t, s)| (t.clone(), s.len(), self.presence.count(t)))
             .collect();
         v.sort();
         v
+    }
+
+    /// When the runtime wants an [`Event::Tick`]: the earliest heartbeat deadline of a socket
+    /// (`heartbeat_timeout_ms` after the last event that socket sent), or `None`. It may be
+    /// early; a tick before a socket's real deadline does nothing to it.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.config.heartbeat_timeout_ms?;
+        self.deadlines.next()
     }
 
     /// Whether the runtime crashed and awaits [`Event::Restart`].
@@ -163,12 +171,12 @@ impl Runtime {
             Event::Receive { .. } => "receive",
             Event::Disconnect { .. } => "disconnect",
             Event::Join { .. } => "join",
-            Event::Rejoin { .. } => "rejoin",
             Event::Leave { .. } => "leave",
             Event::Push { .. } => "push",
             Event::Broadcast { .. } => "broadcast",
             Event::Crash { .. } => "crash",
             Event::Restart { .. } => "restart",
+            Event::Tick { .. } => "tick",
         }
     }
 
@@ -194,10 +202,12 @@ impl Runtime {
 
     /// Handles one event, keeping its outbounds for [`Runtime::flush_outbox`].
     pub fn enqueue(&mut self, event: Event) {
+        self.now_ms = self.now_ms.max(event.now_ms());
+        if let Some(client) = event.sender() {
+            self.touch(client);
+        }
         match event {
-            Event::Connect { client_id, .. } => {
-                self.clients.entry(client_id).or_default();
-            }
+            Event::Connect { .. } => {}
             Event::Receive {
                 client_id, frame, ..
             } => self.on_frame(client_id, &frame),
@@ -209,22 +219,26 @@ impl Runtime {
                 msg_ref,
                 params,
                 ..
+            } => {
+                let (jr, mr) = (Some(join_ref.as_str()), msg_ref.as_deref());
+                if self.refuse_long(client_id, jr, mr, &topic, "phx_join") {
+                    return;
+                }
+                let params = Payload::from(params);
+                self.on_join(client_id, &topic, &join_ref, mr, &params)
             }
-            | Event::Rejoin {
-                client_id,
-                topic,
-                join_ref,
-                msg_ref,
-                params,
-                ..
-            } => self.on_join(client_id, &topic, &join_ref, msg_ref.as_deref(), &params),
             Event::Leave {
                 client_id,
                 topic,
                 join_ref,
                 msg_ref,
                 ..
-            } => self.on_leave(client_id, &topic, join_ref.as_deref(), msg_ref.as_deref()),
+            } => {
+                let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+                if !self.refuse_long(client_id, jr, mr, &topic, "phx_leave") {
+                    self.on_leave(client_id, &topic, jr, mr);
+                }
+            }
             Event::Push {
                 client_id,
                 topic,
@@ -233,14 +247,12 @@ impl Runtime {
                 msg_ref,
                 payload,
                 ..
-            } => self.on_push(
-                client_id,
-                &topic,
-                &event,
-                join_ref.as_deref(),
-                msg_ref.as_deref(),
-                &payload,
-            ),
+            } => {
+                let (jr, mr) = (join_ref.as_deref(), msg_ref.as_deref());
+                if !self.refuse_long(client_id, jr, mr, &topic, &event) {
+                    self.on_push(client_id, &topic, &event, jr, mr, &payload);
+                }
+            }
             Event::Broadcast {
                 except,
                 topic,
@@ -259,6 +271,7 @@ impl Runtime {
                 self.crashed = false;
                 self.system("restarted".into());
             }
+            Event::Tick { .. } => self.on_tick(),
         }
     }
 
@@ -268,17 +281,9 @@ impl Runtime {
     }
 
     fn on_frame(&mut self, client: ClientId, frame: &Frame) {
-        let message = match protocol::decode(frame) {
+        let message = match protocol::decode(frame, &self.config) {
             Ok(m) => m,
-            Err(e) => {
-                // Phoenix closes a socket that sends what its serializer cannot read.
-                self.outbox.push(Outbound::CloseSocket {
-                    client_id: client,
-                    code: 1008,
-                    reason: e.as_str().into(),
-                });
-                return;
-            }
+            Err(e) => return self.close_socket(client, e),
         };
         let Message {
             join_ref,
@@ -299,11 +304,10 @@ impl Runtime {
                 );
             }
             (_, "phx_join") => {
-                let params = payload.json().cloned().unwrap_or(Value::Null);
                 // phoenix.js sends join_ref == ref on joins; a client that omits join_ref
                 // still gets one, its ref.
                 let join_ref = join_ref.or_else(|| msg_ref.clone()).unwrap_or_default();
-                self.on_join(client, &topic, &join_ref, msg_ref.as_deref(), &params);
+                self.on_join(client, &topic, &join_ref, msg_ref.as_deref(), &payload);
             }
             (_, "phx_leave") => {
                 self.on_leave(client, &topic, join_ref.as_deref(), msg_ref.as_deref())
@@ -319,212 +323,49 @@ impl Runtime {
         }
     }
 
-    fn on_join(
-        &mut self,
-        client: ClientId,
-        topic: &str,
-        join_ref: &str,
-        msg_ref: Option<&str>,
-        params: &Value,
-    ) {
-        self.clients.entry(client).or_default();
-        if self.crashed {
-            return self.reply(
-                client,
-                topic,
-                Some(join_ref),
-                msg_ref,
-                "error",
-                json!({"reason": "crashed"}).into(),
-            );
-        }
-        if topic.len() > self.config.max_topic_len {
-            return self.reply(
-                client,
-                topic,
-                Some(join_ref),
-                msg_ref,
-                "error",
-                json!({"reason": "topic too long"}).into(),
-            );
-        }
-        let Some(route) = self.router.find(topic) else {
-            return self.reply(
-                client,
-                topic,
-                None,
-                msg_ref,
-                "error",
-                json!({"reason": "unmatched topic"}).into(),
-            );
-        };
-        // A second join of a joined topic closes the first (Phoenix's duplicate_join).
-        if let Some(old) = self.membership(client, topic) {
-            let old_ref = old.socket.join_ref().to_string();
-            self.push(
-                client,
-                topic,
-                Some(&old_ref),
-                Some(&old_ref),
-                "phx_close",
-                Payload::empty(),
-            );
-            self.end_membership(client, topic, "duplicate_join");
-        }
-        let joined = self.clients.get(&client).map_or(0, Vec::len);
-        if joined >= self.config.max_channels_per_socket {
-            let why = json!({"reason": "too many channels joined"});
-            return self.reply(client, topic, Some(join_ref), msg_ref, "error", why.into());
-        }
-        let Some(handler) = self.router.handler(route).cloned() else {
-            return;
-        };
-        let mut socket = Socket::new(client, topic, join_ref);
-        match handler.join(topic, params, &mut socket) {
-            Ok(response) => {
-                let actions = socket.take_actions();
-                self.subscribe(client, topic);
-                self.clients.entry(client).or_default().push(Membership {
-                    route,
-                    socket,
-                    presence_keys: Vec::new(),
-                });
-                self.memberships += 1;
-                self.reply(
-                    client,
-                    topic,
-                    Some(join_ref),
-                    msg_ref,
-                    "ok",
-                    response.into(),
-                );
-                self.apply(client, topic, actions);
-                if self.config.presence_state_on_join {
-                    let state = self.presence.state_json(topic);
-                    self.push(
-                        client,
-                        topic,
-                        Some(join_ref),
-                        None,
-                        "presence_state",
-                        state.into(),
-                    );
-                }
-            }
-            Err(response) => self.reply(
-                client,
-                topic,
-                Some(join_ref),
-                msg_ref,
-                "error",
-                response.into(),
-            ),
-        }
+    /// Phoenix closes a socket that sends what its serializer cannot read; a frame over the
+    /// limit is refused from its length, before any parsing; a field over its limit, rather than
+    /// echoed in a reply.
+    fn close_socket(&mut self, client: ClientId, e: protocol::DecodeError) {
+        self.outbox.push(Outbound::CloseSocket {
+            client_id: client,
+            code: e.close_code(),
+            reason: e.as_str().into(),
+        });
     }
 
-    fn on_leave(
+    /// Closes the socket of a join, leave or push event whose strings break the limits that
+    /// decoding a frame enforces, and says whether it did.
+    fn refuse_long(
         &mut self,
         client: ClientId,
-        topic: &str,
         join_ref: Option<&str>,
         msg_ref: Option<&str>,
-    ) {
-        let Some(m) = self.membership(client, topic) else {
-            // Leaving a topic not joined is answered ok, as Phoenix does.
-            return self.reply(client, topic, join_ref, msg_ref, "ok", Payload::empty());
-        };
-        let current = m.socket.join_ref().to_string();
-        if join_ref.is_some_and(|j| j != current) {
-            return self.system(format!("stale leave dropped: {topic}"));
-        }
-        self.reply(
-            client,
-            topic,
-            Some(&current),
-            msg_ref,
-            "ok",
-            Payload::empty(),
-        );
-        self.push(
-            client,
-            topic,
-            Some(&current),
-            Some(&current),
-            "phx_close",
-            Payload::empty(),
-        );
-        self.end_membership(client, topic, "left");
-    }
-
-    fn on_push(
-        &mut self,
-        client: ClientId,
         topic: &str,
         event: &str,
-        join_ref: Option<&str>,
-        msg_ref: Option<&str>,
-        payload: &Payload,
-    ) {
-        let Some(m) = self.membership(client, topic) else {
-            return self.reply(
-                client,
-                topic,
-                None,
-                msg_ref,
-                "error",
-                json!({"reason": "unmatched topic"}).into(),
-            );
-        };
-        let current = m.socket.join_ref().to_string();
-        if join_ref.is_some_and(|j| j != current) {
-            // A message for an earlier join of this topic: Phoenix drops it silently.
-            return self.system(format!("stale message dropped: {topic} {event}"));
-        }
-        let Some(handler) = self.router.handler(m.route).cloned() else {
-            return;
-        };
-        let Some(m) = self.membership_mut(client, topic) else {
-            return;
-        };
-        let result = handler.handle_in(event, payload, &mut m.socket);
-        let actions = m.socket.take_actions();
-        self.apply(client, topic, actions);
-        match result {
-            HandleIn::NoReply => {}
-            HandleIn::Reply { status, response } => {
-                self.reply(client, topic, Some(&current), msg_ref, &status, response)
+    ) -> bool {
+        match protocol::check_lengths(&self.config, join_ref, msg_ref, topic, event) {
+            Ok(()) => false,
+            Err(e) => {
+                self.close_socket(client, e);
+                true
             }
-            HandleIn::Stop { reason, reply } => {
-                if let Some((status, response)) = reply {
-                    self.reply(client, topic, Some(&current), msg_ref, &status, response);
-                }
-                self.push(
-                    client,
-                    topic,
-                    Some(&current),
-                    Some(&current),
-                    "phx_close",
-                    Payload::empty(),
-                );
-                self.end_membership(client, topic, &reason);
-            }
-            HandleIn::Crash { reason } => self.crash_channel(client, topic, &reason),
         }
     }
 
     fn on_disconnect(&mut self, client: ClientId) {
-        let topics: Vec<String> = self
-            .clients
-            .get(&client)
-            .map(|ms| ms.iter().map(|m| m.socket.topic().to_string()).collect())
-            .unwrap_or_default();
-        for topic in topics {
-            self.end_membership(client, &topic, "disconnected");
+        // A channel's terminate and presence diff reach only its own topic, which the client
+        // has left by then, so its other channels may go first.
+        let Some(c) = self.clients.remove(&client) else {
+            return;
+        };
+        for m in c.memberships {
+            self.close_membership(client, m, "disconnected");
         }
-        self.clients.remove(&client);
+        self.trim_deadlines();
     }
 
-    fn crash_channel(&mut self, client: ClientId, topic: &str, reason: &str) {
+    pub(super) fn crash_channel(&mut self, client: ClientId, topic: &str, reason: &str) {
         let Some(m) = self.membership(client, topic) else {
             return;
         };
@@ -538,7 +379,11 @@ impl Runtime {
             "phx_error",
             payload,
         );
-        self.system(format!("channel crashed: {topic}: {reason}"));
+        self.system(format!(
+            "channel crashed: {}: {}",
+            clip(topic),
+            clip(reason)
+        ));
         self.end_membership(client, topic, reason);
     }
 
@@ -547,150 +392,17 @@ impl Runtime {
         let mut all: Vec<(ClientId, String)> = self
             .clients
             .iter()
-            .flat_map(|(c, ms)| ms.iter().map(move |m| (*c, m.socket.topic().to_string())))
+            .flat_map(|(id, c)| {
+                let topics = c.memberships.iter().map(|m| m.socket.topic().to_string());
+                topics.map(move |t| (*id, t))
+            })
             .collect();
         all.sort();
         for (client, topic) in all {
             self.crash_channel(client, &topic, reason);
         }
         self.crashed = true;
-        self.system(format!("crashed: {reason}"));
-    }
-
-    // ---- what handlers ask for ----
-
-    fn apply(&mut self, client: ClientId, topic: &str, actions: Vec<SocketAction>) {
-        for action in actions {
-            match action {
-                SocketAction::Push { event, payload } => {
-                    let join_ref = self
-                        .membership(client, topic)
-                        .map(|m| m.socket.join_ref().to_string());
-                    if join_ref.is_some() {
-                        self.push(client, topic, join_ref.as_deref(), None, &event, payload);
-                    }
-                }
-                SocketAction::Broadcast {
-                    event,
-                    payload,
-                    include_self,
-                } => {
-                    self.broadcast(topic, &event, &payload, (!include_self).then_some(client));
-                }
-                SocketAction::Track { key, meta } => {
-                    let phx_ref = self.new_ref();
-                    match self.presence.track(topic, client, &key, meta, phx_ref) {
-                        Ok(diff) => {
-                            if let Some(m) = self.membership_mut(client, topic) {
-                                m.presence_keys.push(key);
-                            }
-                            self.presence_diff(topic, diff);
-                        }
-                        Err(e) => self.system(format!("track {topic} {key}: {e}")),
-                    }
-                }
-                SocketAction::UpdatePresence { key, meta } => {
-                    let phx_ref = self.new_ref();
-                    match self.presence.update(topic, client, &key, meta, phx_ref) {
-                        Ok(diff) => self.presence_diff(topic, diff),
-                        Err(e) => self.system(format!("update {topic} {key}: {e}")),
-                    }
-                }
-                SocketAction::Untrack { key } => {
-                    if let Some(m) = self.membership_mut(client, topic) {
-                        m.presence_keys.retain(|k| *k != key);
-                    }
-                    let diff = self.presence.untrack(topic, client, &key);
-                    self.presence_diff(topic, diff);
-                }
-            }
-        }
-    }
-
-    /// Ends one channel: the handler's `terminate`, unsubscribe, presences leave.
-    fn end_membership(&mut self, client: ClientId, topic: &str, reason: &str) {
-        let Some(list) = self.clients.get_mut(&client) else {
-            return;
-        };
-        let Some(i) = list.iter().position(|m| m.socket.topic() == topic) else {
-            return;
-        };
-        let mut m = list.remove(i);
-        self.memberships -= 1;
-        self.unsubscribe(client, topic);
-        if let Some(handler) = self.router.handler(m.route).cloned() {
-            handler.terminate(reason, &mut m.socket);
-            // The channel is gone: of what terminate asks, only broadcasts still make sense.
-            for action in m.socket.take_actions() {
-                if let SocketAction::Broadcast {
-                    event,
-                    payload,
-                    include_self,
-                } = action
-                {
-                    self.broadcast(topic, &event, &payload, (!include_self).then_some(client));
-                }
-            }
-        }
-        let mut diff = Diff::default();
-        for key in &m.presence_keys {
-            let d = self.presence.untrack(topic, client, key);
-            diff.leaves.extend(d.leaves);
-        }
-        self.presence_diff(topic, diff);
-    }
-
-    // ---- subscriptions ----
-
-    fn subscribe(&mut self, client: ClientId, topic: &str) {
-        let seed = self.config.hash_seed;
-        let subs = self
-            .topics
-            .entry(topic.to_string())
-            .or_insert_with(|| Subscribers {
-                list: Vec::new(),
-                position: new_map(seed),
-            });
-        if !subs.position.contains_key(&client) {
-            subs.position.insert(client, subs.list.len());
-            subs.list.push(client);
-        }
-    }
-
-    fn unsubscribe(&mut self, client: ClientId, topic: &str) {
-        let Some(subs) = self.topics.get_mut(topic) else {
-            return;
-        };
-        let Some(i) = subs.position.remove(&client) else {
-            return;
-        };
-        // Keep subscription order: shift the later ones down. Removal is O(n) in the topic
-        // size but runs once per leave, never per message.
-        subs.list.remove(i);
-        for (j, c) in subs.list.iter().enumerate().skip(i) {
-            subs.position.insert(*c, j);
-        }
-        if subs.list.is_empty() {
-            self.topics.remove(topic);
-        }
-    }
-
-    pub(super) fn membership(&self, client: ClientId, topic: &str) -> Option<&Membership> {
-        self.clients
-            .get(&client)?
-            .iter()
-            .find(|m| m.socket.topic() == topic)
-    }
-
-    pub(super) fn membership_mut(
-        &mut self,
-        client: ClientId,
-        topic: &str,
-    ) -> Option<&mut Membership> {
-        self.clients
-            .get_mut(&client)?
-            .iter_mut()
-            .find(|m| m.socket.topic() == topic)
+        self.system(format!("crashed: {}", clip(reason)));
     }
 }
 
@@ -703,6 +415,20 @@ impl std::fmt::Debug for Runtime {
             .field("crashed", &self.crashed)
             .finish()
     }
+}
+
+/// At most the first 64 bytes of `s` (cut at a character boundary), for notices: they may
+/// quote what a peer or a handler chose, but never all of it.
+pub(super) fn clip(s: &str) -> &str {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// A `Map` from a JSON value, empty unless it is an object: meta fields from join params.

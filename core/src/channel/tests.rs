@@ -9,8 +9,15 @@ use super::*;
 struct Room;
 
 impl ChannelHandler for Room {
-    fn join(&self, topic: &str, params: &Value, socket: &mut Socket) -> Result<Value, Value> {
-        if params.get("token").and_then(Value::as_str) == Some("bad") {
+    fn join(&self, topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        #[derive(serde::Deserialize)]
+        struct Params {
+            token: Option<String>,
+        }
+        if params
+            .parse::<Params>()
+            .is_ok_and(|p| p.token.as_deref() == Some("bad"))
+        {
             return Err(json!({"reason": "unauthorized"}));
         }
         demo::Room.join(topic, params, socket)
@@ -28,7 +35,7 @@ impl ChannelHandler for Room {
 }
 
 fn runtime() -> Runtime {
-    Runtime::new_single_node(Router::new().route("room:*", Room), Config::default())
+    Runtime::new_single_node(Router::new().route("room:*", Room), Config::with_seed(1))
 }
 
 fn send(rt: &mut Runtime, client: u64, text: &str) -> Vec<Outbound> {
@@ -245,7 +252,7 @@ fn refused_joins_and_the_channel_limit() {
         Router::new().route("room:*", Room),
         Config {
             max_channels_per_socket: 2,
-            ..Config::default()
+            ..Config::with_seed(1)
         },
     );
     assert_eq!(
@@ -308,7 +315,7 @@ fn binary_pushes_get_binary_replies() {
             HandleIn::ok(payload.clone())
         }
     }
-    let mut rt = Runtime::new_single_node(Router::new().route("bin", Echo), Config::default());
+    let mut rt = Runtime::new_single_node(Router::new().route("bin", Echo), Config::with_seed(1));
     send(&mut rt, 1, r#"["1","1","bin","phx_join",{}]"#);
     let push = bytes::Bytes::from_static(b"\x00\x01\x01\x03\x02" as &[u8]);
     let mut wire = push.to_vec();
@@ -346,7 +353,7 @@ fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
             (socket.client_id() != ClientId(2)).then(|| payload.clone())
         }
     }
-    let mut rt = Runtime::new_single_node(Router::new().route("t", Filter), Config::default());
+    let mut rt = Runtime::new_single_node(Router::new().route("t", Filter), Config::with_seed(1));
     for c in 1..=3 {
         send(&mut rt, c, r#"["1","1","t","phx_join",{}]"#);
     }
@@ -368,7 +375,7 @@ fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
 
 #[test]
 fn labels_and_adapters() {
-    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::default());
+    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::with_seed(1));
     assert_eq!(rt.adapter_label(), "cluster_ready:n1@prod");
     assert_eq!(runtime().adapter_label(), "single_node");
     assert_eq!(
@@ -381,4 +388,353 @@ fn labels_and_adapters() {
         }),
         "system"
     );
+}
+
+#[test]
+fn a_config_names_its_hash_seed() {
+    assert!(
+        serde_json::from_str::<Config>(r#"{"node":"n"}"#).is_err(),
+        "a config without a seed is refused, not seeded with 0"
+    );
+    let logged: Config = serde_json::from_str(r#"{"hash_seed":42}"#).unwrap();
+    assert_eq!((logged.hash_seed, logged.max_topic_len), (42, 255));
+}
+
+#[test]
+fn a_logged_rejoin_is_a_join() {
+    let line = r#"{"type":"rejoin","now_ms":1,"client_id":1,"topic":"room:a","join_ref":"2","ref":"2","params":{}}"#;
+    let event: Event = serde_json::from_str(line).unwrap();
+    assert!(matches!(event, Event::Join { .. }), "{event:?}");
+}
+
+#[test]
+fn a_message_over_the_limit_closes_the_socket_with_1009() {
+    let mut rt = runtime();
+    let body = "x".repeat(2 << 20);
+    let out = send(
+        &mut rt,
+        3,
+        &format!(r#"["1","1","room:a","shout",{{"body":"{body}"}}]"#),
+    );
+    assert!(
+        matches!(
+            &out[..],
+            [Outbound::CloseSocket { client_id: ClientId(3), code: 1009, reason }]
+                if reason == "message too big"
+        ),
+        "{:?}",
+        out.iter().map(Runtime::outbound_label).collect::<Vec<_>>()
+    );
+}
+
+/// Every outbound, serialized, is short: nothing a peer sent came back whole.
+#[track_caller]
+fn assert_nothing_echoed(out: &[Outbound], what: &str) {
+    for o in out {
+        let json = serde_json::to_string(o).unwrap();
+        assert!(
+            json.len() < 1024,
+            "{what}: {} bytes in a {}",
+            json.len(),
+            Runtime::outbound_label(o)
+        );
+    }
+    assert!(
+        out.iter()
+            .any(|o| matches!(o, Outbound::CloseSocket { code: 1008, .. })),
+        "{what}: refused with 1008: {out:?}"
+    );
+}
+
+#[test]
+fn long_topics_refs_and_event_names_are_refused_on_every_event_never_echoed() {
+    let long = "x".repeat(10_000);
+    let mut rt = runtime();
+    send(&mut rt, 1, r#"["1","1","room:a","phx_join",{}]"#);
+    send(&mut rt, 1, r#"["2","2","room:a","phx_join",{}]"#);
+    let frames = [
+        (
+            "a push to an unjoined long topic",
+            format!(r#"["1","2","room:{long}","ping",{{}}]"#),
+        ),
+        (
+            "a leave of an unjoined long topic",
+            format!(r#"["1","2","room:{long}","phx_leave",{{}}]"#),
+        ),
+        (
+            "a join of a long topic",
+            format!(r#"["3","3","room:{long}","phx_join",{{}}]"#),
+        ),
+        (
+            "a heartbeat with a long ref",
+            format!(r#"[null,"{long}","phoenix","heartbeat",{{}}]"#),
+        ),
+        (
+            "a push with a long join_ref",
+            format!(r#"["{long}","5","room:a","ping",{{}}]"#),
+        ),
+        (
+            "a stale push with a long event name",
+            format!(r#"["1","6","room:a","{long}",{{}}]"#),
+        ),
+        (
+            "a stale leave of a long topic",
+            format!(r#"["1","7","room:{long}","phx_leave",{{}}]"#),
+        ),
+    ];
+    for (what, frame) in frames {
+        assert_nothing_echoed(&send(&mut rt, 1, &frame), what);
+    }
+    let events = [
+        Event::Leave {
+            now_ms: 0,
+            client_id: ClientId(1),
+            topic: format!("room:{long}"),
+            join_ref: None,
+            msg_ref: Some("8".into()),
+        },
+        Event::Push {
+            now_ms: 0,
+            client_id: ClientId(1),
+            topic: format!("room:{long}"),
+            event: "ping".into(),
+            join_ref: None,
+            msg_ref: Some("9".into()),
+            payload: Payload::empty(),
+        },
+    ];
+    for event in events {
+        let what = Runtime::event_label(&event);
+        assert_nothing_echoed(&rt.handle(event), what);
+    }
+    assert_eq!(rt.subscribers("room:a"), [ClientId(1)], "still joined");
+}
+
+#[test]
+fn notices_quote_at_most_64_bytes_cut_between_characters() {
+    let mut rt = Runtime::new_single_node(
+        Router::new().route("room:*", Room),
+        Config {
+            max_topic_len: 1000,
+            ..Config::with_seed(1)
+        },
+    );
+    let topic = format!("room:{}", "é".repeat(400));
+    send(
+        &mut rt,
+        1,
+        &format!(r#"["1","1","{topic}","phx_join",{{}}]"#),
+    );
+    send(
+        &mut rt,
+        1,
+        &format!(r#"["2","2","{topic}","phx_join",{{}}]"#),
+    );
+    let out = send(
+        &mut rt,
+        1,
+        &format!(r#"["1","3","{topic}","phx_leave",{{}}]"#),
+    );
+    let [Outbound::System { label }] = &out[..] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        label,
+        &format!("stale leave dropped: room:{}", "é".repeat(29))
+    );
+}
+
+fn send_at(rt: &mut Runtime, now_ms: u64, client: u64, text: &str) -> Vec<Outbound> {
+    rt.handle(Event::Receive {
+        now_ms,
+        client_id: ClientId(client),
+        frame: Frame::Text(text.into()),
+    })
+}
+
+#[test]
+fn a_silent_socket_is_dropped_after_the_heartbeat_timeout_and_its_presences_leave() {
+    let mut rt = runtime();
+    assert_eq!(rt.next_deadline(), None, "no sockets, no deadline");
+    send_at(
+        &mut rt,
+        0,
+        1,
+        r#"["1","1","room:h","phx_join",{"user":"a"}]"#,
+    );
+    send_at(
+        &mut rt,
+        10,
+        2,
+        r#"["1","1","room:h","phx_join",{"user":"b"}]"#,
+    );
+    rt.handle(Event::Connect {
+        now_ms: 20,
+        client_id: ClientId(3),
+    });
+    // Client 2 heartbeats; clients 1 and 3 (which joined nothing) go silent.
+    for now_ms in [30_000, 59_000] {
+        send_at(&mut rt, now_ms, 2, r#"[null,"9","phoenix","heartbeat",{}]"#);
+    }
+    assert_eq!(rt.next_deadline(), Some(60_000));
+    assert_eq!(rt.handle(Event::Tick { now_ms: 59_999 }), []);
+    let out = rt.handle(Event::Tick { now_ms: 60_020 });
+    assert_eq!(
+        wire(&out),
+        [
+            r#"close_socket {"outbound":"close_socket","client_id":1,"code":1001,"reason":"heartbeat timeout"}"#,
+            r#"to 2: [null,null,"room:h","presence_diff",{"joins":{},"leaves":{"a":{"metas":[{"phx_ref":"spool-1"}]}}}]"#,
+            r#"close_socket {"outbound":"close_socket","client_id":3,"code":1001,"reason":"heartbeat timeout"}"#,
+        ]
+    );
+    assert_eq!(rt.subscribers("room:h"), [ClientId(2)]);
+    assert_eq!(rt.presences("room:h")[0].key, "b");
+    // Client 2's deadline is 60 s after its last heartbeat.
+    assert_eq!(rt.next_deadline(), Some(119_000));
+    // A message stamped earlier than the runtime's clock counts at the clock (60,020): time
+    // never runs backwards. The deadline asked for is then early, and its tick does nothing.
+    send_at(&mut rt, 5, 2, r#"["1","2","room:h","ping",{}]"#);
+    assert_eq!(rt.handle(Event::Tick { now_ms: 119_000 }), []);
+    assert_eq!(rt.next_deadline(), Some(120_020));
+    let out = rt.handle(Event::Tick { now_ms: 120_020 });
+    assert!(
+        matches!(
+            &out[..],
+            [Outbound::CloseSocket {
+                client_id: ClientId(2),
+                code: 1001,
+                ..
+            }]
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        (rt.membership_count(), rt.presences("room:h").len()),
+        (0, 0)
+    );
+    assert_eq!(rt.next_deadline(), None);
+}
+
+#[test]
+fn heartbeat_deadlines_stay_bounded_and_can_be_turned_off() {
+    // Sockets come and go under the same ids: the deadlines keep one entry per live socket.
+    let mut rt = runtime();
+    for round in 0..50 {
+        for c in 0..100 {
+            let now_ms = round * 100 + c;
+            send_at(&mut rt, now_ms, c, r#"[null,"1","phoenix","heartbeat",{}]"#);
+            rt.handle(Event::Disconnect {
+                now_ms,
+                client_id: ClientId(c),
+            });
+        }
+    }
+    assert!(rt.deadlines.len() <= 2 * 100 + 64, "{}", rt.deadlines.len());
+    let mut off = Runtime::new_single_node(
+        Router::new().route("room:*", Room),
+        Config {
+            heartbeat_timeout_ms: None,
+            ..Config::with_seed(1)
+        },
+    );
+    send_at(&mut off, 0, 1, r#"["1","1","room:h","phx_join",{}]"#);
+    assert_eq!(off.next_deadline(), None);
+    assert_eq!(off.handle(Event::Tick { now_ms: u64::MAX }), []);
+    assert_eq!(off.subscribers("room:h"), [ClientId(1)]);
+}
+
+/// A channel whose handler panics where it is told to: in `join` for `{"panic": true}`, in
+/// `handle_in` for `boom`, in `handle_out` for an intercepted `boom` broadcast.
+struct Panicky;
+
+impl ChannelHandler for Panicky {
+    fn join(&self, topic: &str, params: &Payload, socket: &mut Socket) -> Result<Value, Value> {
+        if params.json_text().is_some_and(|t| t.contains("panic")) {
+            panic!("join asked to panic");
+        }
+        demo::Room.join(topic, params, socket)
+    }
+
+    fn handle_in(&self, event: &str, payload: &Payload, socket: &mut Socket) -> HandleIn {
+        match event {
+            "boom" => panic!("handle_in asked to panic"),
+            "shout_boom" => {
+                socket.broadcast("boom", Payload::empty());
+                HandleIn::NoReply
+            }
+            _ => demo::Room.handle_in(event, payload, socket),
+        }
+    }
+
+    fn intercepts(&self) -> &[&str] {
+        &["boom"]
+    }
+
+    fn handle_out(&self, _event: &str, _payload: &Payload, socket: &mut Socket) -> Option<Payload> {
+        if socket.join_ref() == "7" {
+            panic!("handle_out asked to panic");
+        }
+        Some(Payload::empty())
+    }
+}
+
+#[test]
+fn a_panicking_handler_crashes_its_channel_never_the_runtime() {
+    let mut rt = Runtime::new_single_node(
+        Router::new()
+            .route("room:*", Room)
+            .route("panic:*", Panicky),
+        Config::with_seed(1),
+    );
+    send(&mut rt, 1, r#"["1","1","panic:a","phx_join",{"user":"p"}]"#);
+    send(&mut rt, 1, r#"["2","2","room:b","phx_join",{"user":"p"}]"#);
+
+    // handle_in panics: that channel crashes (phx_error, presence gone), the other lives.
+    let out = send(&mut rt, 1, r#"["1","3","panic:a","boom",{}]"#);
+    assert_eq!(
+        wire(&out)[0],
+        r#"to 1: ["1","1","panic:a","phx_error",{"reason":"channel_crash"}]"#
+    );
+    assert!(!rt.crashed());
+    assert_eq!(rt.presences("panic:a").len(), 0);
+    let out = send(&mut rt, 1, r#"["2","4","room:b","ping",{"n":1}]"#);
+    assert!(
+        wire(&out)[0].contains(r#"{"pong":{"n":1}}"#),
+        "{:?}",
+        wire(&out)
+    );
+
+    // join panics: an error reply, nothing joined.
+    let out = send(
+        &mut rt,
+        2,
+        r#"["5","5","panic:a","phx_join",{"panic":true}]"#,
+    );
+    let w = wire(&out);
+    assert_eq!(
+        w[0],
+        r#"system {"outbound":"system","label":"join crashed: panic:a"}"#
+    );
+    assert_eq!(
+        w[1],
+        r#"to 2: ["5","5","panic:a","phx_reply",{"status":"error","response":{"reason":"join crashed"}}]"#
+    );
+    assert_eq!(rt.subscribers("panic:a").len(), 0);
+
+    // handle_out panics for one subscriber: its channel crashes, the other still gets the push.
+    send(&mut rt, 3, r#"["6","6","panic:c","phx_join",{}]"#);
+    send(&mut rt, 4, r#"["7","7","panic:c","phx_join",{}]"#);
+    let out = send(&mut rt, 3, r#"["6","8","panic:c","shout_boom",{}]"#);
+    let w = wire(&out);
+    assert!(
+        w.iter()
+            .any(|l| l == r#"to 3: ["6",null,"panic:c","boom",{}]"#),
+        "{w:?}"
+    );
+    assert!(
+        w.iter()
+            .any(|l| l == r#"to 4: ["7","7","panic:c","phx_error",{"reason":"channel_crash"}]"#),
+        "{w:?}"
+    );
+    assert_eq!(rt.subscribers("panic:c"), vec![ClientId(3)]);
 }

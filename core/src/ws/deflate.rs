@@ -305,6 +305,9 @@ impl Deflater {
 pub(crate) struct Inflater {
     inner: Decompress,
     reset_each_message: bool,
+    /// The current message's DEFLATE data ended with a final block (BFINAL=1): the rest of the
+    /// message is not part of it.
+    ended: bool,
 }
 
 impl Inflater {
@@ -313,6 +316,7 @@ impl Inflater {
         Inflater {
             inner: Decompress::new_with_window_bits(false, 15),
             reset_each_message: no_context_takeover,
+            ended: false,
         }
     }
 
@@ -323,6 +327,12 @@ impl Inflater {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), ProtocolError> {
+        if self.ended {
+            // RFC 7692 §7.2.2 decompresses the message "using DEFLATE", and a DEFLATE stream
+            // ends at its final block (RFC 1951 §3.2.3): what follows is ignored. The RFC's own
+            // §7.2.3.4 example has one such byte.
+            return Ok(());
+        }
         let start_in = self.inner.total_in();
         loop {
             let consumed = (self.inner.total_in() - start_in) as usize;
@@ -330,9 +340,13 @@ impl Inflater {
                 if out.len() > limit {
                     return Err(ProtocolError::MessageTooBig);
                 }
-                let room = (input.len() * 4)
+                // Room to pass the limit by one byte, so that passing it is seen. Saturating:
+                // `limit` may be as large as the config allows, and `input` is the peer's.
+                let room = input
+                    .len()
+                    .saturating_mul(4)
                     .clamp(4096, 1 << 20)
-                    .min(limit + 1 - out.len());
+                    .min(limit.saturating_add(1) - out.len());
                 out.reserve_exact(room.max(1));
             }
             let before_out = out.len();
@@ -343,16 +357,13 @@ impl Inflater {
             if out.len() > limit {
                 return Err(ProtocolError::MessageTooBig);
             }
-            let all_in = (self.inner.total_in() - start_in) as usize == input.len();
             if status == Status::StreamEnd {
-                // A final block ends the stream; RFC 7692 messages never set BFINAL with
-                // context takeover, but without it a peer may. Start afresh for the next one.
-                self.inner.reset(false);
-                if !all_in {
-                    return Err(ProtocolError::BadDeflate);
-                }
+                // A final block (RFC 7692 §7.2.3.4: a sender may flush with BFINAL=1). The
+                // message's data ends here; `finish` starts a fresh stream for the next one.
+                self.ended = true;
                 return Ok(());
             }
+            let all_in = (self.inner.total_in() - start_in) as usize == input.len();
             if all_in && out.len() < out.capacity() {
                 return Ok(());
             }
@@ -362,11 +373,17 @@ impl Inflater {
         }
     }
 
-    /// Ends a message: feeds the cut-off tail so the last block flushes out.
+    /// Ends a message: feeds the cut-off tail so the last block flushes out (§7.2.2), unless
+    /// the message's data already ended with a final block.
+    ///
+    /// After a final block the next message starts a new DEFLATE stream with an empty window:
+    /// zlib cannot go on past the end of a stream, and a sender that ended its stream has no
+    /// window to refer back to either, unless it primed its compressor by hand.
     pub(crate) fn finish(&mut self, out: &mut Vec<u8>, limit: usize) -> Result<(), ProtocolError> {
         let result = self.feed(&TAIL, out, limit);
-        if self.reset_each_message {
+        if self.ended || self.reset_each_message {
             self.inner.reset(false);
+            self.ended = false;
         }
         result
     }
@@ -429,5 +446,17 @@ mod tests {
             Err(ProtocolError::MessageTooBig)
         );
         assert!(out.capacity() < 1 << 20, "held {} bytes", out.capacity());
+    }
+
+    #[test]
+    fn no_limit_is_too_large_to_add_to() {
+        // Peer-controlled lengths meet `limit` in arithmetic; usize::MAX must not overflow it.
+        let mut d = Deflater::new(1, 15, false);
+        let wire = d.compress(b"hello hello hello");
+        let mut i = Inflater::new(false);
+        let mut out = Vec::new();
+        i.feed(&wire, &mut out, usize::MAX).unwrap();
+        i.finish(&mut out, usize::MAX).unwrap();
+        assert_eq!(out, b"hello hello hello");
     }
 }

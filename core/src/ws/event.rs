@@ -5,6 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::deflate::DeflateParams;
+use super::prepared::PreparedMessage;
 use super::text::Text;
 use super::transmit::Transmit;
 
@@ -66,6 +67,14 @@ pub enum Event {
         /// The message to send.
         message: Message,
     },
+    /// The application sends a message prepared once for many connections (a broadcast),
+    /// maybe compressed already; see [`PreparedMessage`]. Ignored unless the connection is open.
+    SendPrepared {
+        /// The shell's clock.
+        now_ms: u64,
+        /// The message, and its compressed form if it has one.
+        message: PreparedMessage,
+    },
     /// The application starts the close handshake.
     Close {
         /// The shell's clock.
@@ -98,6 +107,7 @@ impl Event {
             | Event::Reject { now_ms, .. }
             | Event::Respond { now_ms, .. }
             | Event::Send { now_ms, .. }
+            | Event::SendPrepared { now_ms, .. }
             | Event::Close { now_ms, .. }
             | Event::Tick { now_ms }
             | Event::TransportClosed { now_ms } => now_ms,

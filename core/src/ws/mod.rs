@@ -11,7 +11,9 @@
 //! `channel` module and applications).
 //!
 //! Files, leaves first: `frame` (headers), `mask`, `utf8`, `deflate`, `handshake`; then
-//! `connection`, the only one that holds state across events.
+//! `connection`, the only one that holds state across events: its `mod.rs` has the machine and
+//! the opening handshake, `receive` the frames coming in, `send` the frames going out, `close`
+//! how a connection ends, and `timers` what time does.
 
 mod config;
 mod connection;
@@ -21,6 +23,7 @@ mod event;
 mod frame;
 mod handshake;
 mod mask;
+mod prepared;
 mod text;
 mod transmit;
 mod url;
@@ -34,6 +37,7 @@ pub use event::{CloseInfo, Event, Handshake, Initiator, Message, Outbound, Reque
 pub use frame::{FrameHeader, Opcode, is_valid_close_code};
 pub use handshake::{accept_key, error_response};
 pub use mask::apply_mask;
+pub use prepared::PreparedMessage;
 pub use text::Text;
 pub use transmit::Transmit;
 pub use url::{Url, UrlError};

@@ -22,9 +22,13 @@ impl Url {
     /// taken as `ws` and `wss`. A fragment is dropped (RFC 6455 §3).
     ///
     /// # Errors
-    /// [`UrlError`] when the scheme is not one of those, the host is empty or the port is not a
-    /// number.
+    /// [`UrlError`] when the scheme is not one of those, the host is empty, the port is not a
+    /// number, or the URL holds a space or a control character (which would end up in the
+    /// request line and the `Host` header).
     pub fn parse(input: &str) -> Result<Url, UrlError> {
+        if input.bytes().any(is_forbidden_byte) {
+            return Err(UrlError::InvalidCharacter);
+        }
         let (scheme, rest) = input.split_once("://").ok_or(UrlError::Scheme)?;
         let secure = match scheme.to_ascii_lowercase().as_str() {
             "ws" | "http" => false,
@@ -58,12 +62,35 @@ impl Url {
         if host.is_empty() {
             return Err(UrlError::Host);
         }
-        Ok(Url {
+        let url = Url {
             secure,
             host,
             port,
             target,
-        })
+        };
+        url.validate()?;
+        Ok(url)
+    }
+
+    /// Checks a URL built field by field (or read from a log) as [`Url::parse`] checks its
+    /// input: a non-empty host, a target starting with `/`, and no space or control character
+    /// in either, since both are written into the request head verbatim.
+    ///
+    /// # Errors
+    /// [`UrlError::Host`] or [`UrlError::InvalidCharacter`].
+    pub fn validate(&self) -> Result<(), UrlError> {
+        if self.host.is_empty() || !self.target.starts_with('/') {
+            return Err(UrlError::Host);
+        }
+        if self
+            .host
+            .bytes()
+            .chain(self.target.bytes())
+            .any(is_forbidden_byte)
+        {
+            return Err(UrlError::InvalidCharacter);
+        }
+        Ok(())
     }
 
     /// The value of the `Host` header: the host, and the port unless it is the scheme's default.
@@ -88,6 +115,12 @@ impl fmt::Display for Url {
     }
 }
 
+/// Bytes that may not appear in a request line or a header value unescaped: space and the
+/// controls (RFC 9112 §3.2 and §5.5; RFC 3986 has no place for them in a URI).
+fn is_forbidden_byte(b: u8) -> bool {
+    b <= b' ' || b == 0x7f
+}
+
 /// Why a URL could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UrlError {
@@ -97,6 +130,9 @@ pub enum UrlError {
     Host,
     /// The port is not a number from 0 to 65535.
     Port,
+    /// A space or a control character (CR and LF among them): sent as is, it would split the
+    /// request line or inject headers.
+    InvalidCharacter,
 }
 
 impl fmt::Display for UrlError {
@@ -105,6 +141,9 @@ impl fmt::Display for UrlError {
             UrlError::Scheme => "url scheme must be ws, wss, http or https",
             UrlError::Host => "url has no valid host",
             UrlError::Port => "url port is not a number from 0 to 65535",
+            UrlError::InvalidCharacter => {
+                "url contains a space or control character; percent-encode it"
+            }
         })
     }
 }
@@ -134,5 +173,32 @@ mod tests {
         assert_eq!(Url::parse("ftp://x"), Err(UrlError::Scheme));
         assert_eq!(Url::parse("ws://:80/"), Err(UrlError::Host));
         assert_eq!(Url::parse("ws://h:99999/"), Err(UrlError::Port));
+    }
+
+    #[test]
+    fn spaces_and_control_characters_are_refused() {
+        for bad in [
+            "ws://h/path\r\nX-Injected: 1",
+            "ws://h\r\nX-Injected: 1/",
+            "ws://h/a b",
+            "ws://h /",
+            "ws://h/\n",
+            "ws://h/\0",
+            "ws://h/\x7f",
+            "ws://h/\t",
+            "ws://h\r:80/",
+            "ws://h/?q=a b",
+        ] {
+            let error = Url::parse(bad).unwrap_err();
+            assert_eq!(error, UrlError::InvalidCharacter, "{bad:?}");
+            assert!(error.to_string().contains("control character"), "{error}");
+        }
+        assert!(
+            Url::parse("ws://h/a%20b?q=%0D%0A").is_ok(),
+            "escaped is fine"
+        );
+        let mut url = Url::parse("ws://h/").unwrap();
+        url.target = "/x HTTP/1.1\r\nHost: evil".into();
+        assert_eq!(url.validate(), Err(UrlError::InvalidCharacter));
     }
 }

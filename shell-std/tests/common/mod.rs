@@ -1,5 +1,8 @@
-//! What the std shell's integration tests share: temporary directories and certificates.
+//! What the shells' integration tests share: temporary directories, certificates, and a
+//! handler for fault tests. spool-smol's tests include this module with `#[path]`.
 #![allow(dead_code)]
+
+pub mod faulty;
 
 use std::path::PathBuf;
 use std::process::Command;

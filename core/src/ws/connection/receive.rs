@@ -1,0 +1,236 @@
+//! The receive path: frames out of the input buffer, reassembled into messages, inflated and
+//! checked (RFC 6455 §5, RFC 7692 §7.2.2), and control frames answered.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::{Connection, FrameInProgress, MessageInProgress, Phase, Role};
+use crate::ws::deflate::{DeflateParams, Inflater};
+use crate::ws::error::ProtocolError;
+use crate::ws::event::{Message, Outbound};
+use crate::ws::frame::{FrameHeader, Opcode};
+use crate::ws::mask::apply_mask;
+use crate::ws::text::Text;
+use crate::ws::utf8::Utf8Validator;
+
+impl Connection {
+    /// Reads every whole frame in `buf`, and as much of a partial data frame as arrived.
+    pub(super) fn read_frames(&mut self, out: &mut Vec<Outbound>) {
+        // Only what this call delivered counts: entries the caller left in its vector must not
+        // change the outcome (same events, same outbounds).
+        let mut delivered = false;
+        while matches!(self.phase, Phase::Open | Phase::Closing) {
+            let before = out.len();
+            match self.read_one(out) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) if delivered => {
+                    // Messages before the bad frame were delivered in this same call. Give the
+                    // application one event to answer them (an echo, say) before failing, as
+                    // a peer that read them one at a time would have; the deadline is now, so
+                    // a shell with nothing to send ticks at once.
+                    self.deferred_failure = Some(e);
+                    self.buf = BytesMut::new();
+                    break;
+                }
+                Err(e) => {
+                    self.fail(e, out);
+                    break;
+                }
+            }
+            delivered |= out[before..]
+                .iter()
+                .any(|o| matches!(o, Outbound::Deliver(_)));
+        }
+    }
+
+    /// Makes progress on one frame. `Ok(false)`: more bytes are needed.
+    pub(super) fn read_one(&mut self, out: &mut Vec<Outbound>) -> Result<bool, ProtocolError> {
+        let frame = match self.frame {
+            Some(f) => f,
+            None => {
+                let Some((header, len)) = FrameHeader::parse(&self.buf)? else {
+                    return Ok(false);
+                };
+                self.check_header(&header)?;
+                self.buf.advance(len);
+                let f = FrameInProgress {
+                    header,
+                    consumed: 0,
+                };
+                self.frame = Some(f);
+                f
+            }
+        };
+        let h = frame.header;
+        if h.opcode.is_control() {
+            let len = h.payload_len as usize; // at most 125: checked in FrameHeader::parse
+            if self.buf.len() < len {
+                return Ok(false);
+            }
+            let mut payload = self.buf.split_to(len);
+            if let Some(key) = h.mask {
+                apply_mask(&mut payload, key, 0);
+            }
+            self.frame = None;
+            self.on_control(h.opcode, payload.freeze(), out)?;
+            return Ok(true);
+        }
+        let remaining = h.payload_len - frame.consumed;
+        let take = remaining.min(self.buf.len() as u64) as usize;
+        if take == 0 && remaining > 0 {
+            return Ok(false);
+        }
+        let mut chunk = self.buf.split_to(take);
+        if let Some(key) = h.mask {
+            apply_mask(&mut chunk, key, frame.consumed as usize);
+        }
+        let frame_done = take as u64 == remaining;
+        self.frame = if frame_done {
+            None
+        } else {
+            Some(FrameInProgress {
+                header: h,
+                consumed: frame.consumed + take as u64,
+            })
+        };
+        self.on_data(chunk, frame_done && h.fin, out)?;
+        Ok(frame_done)
+    }
+
+    /// Checks what a header allows before any of its payload is buffered.
+    pub(super) fn check_header(&mut self, h: &FrameHeader) -> Result<(), ProtocolError> {
+        // RFC 6455 §5.1: clients mask every frame, servers none.
+        if h.mask.is_some() != (self.role == Role::Server) {
+            return Err(ProtocolError::BadMask);
+        }
+        // RFC 6455 §5.2 and RFC 7692 §6: RSV1 only on the first frame of a compressed message.
+        let first_data = matches!(h.opcode, Opcode::Text | Opcode::Binary);
+        if h.rsv23 || (h.rsv1 && !(first_data && self.deflate.is_some())) {
+            return Err(ProtocolError::ReservedBits);
+        }
+        if h.payload_len > self.config.limits.max_frame_len as u64 {
+            return Err(ProtocolError::FrameTooBig);
+        }
+        match (h.opcode, &self.message) {
+            (Opcode::Continuation, None) => return Err(ProtocolError::UnexpectedContinuation),
+            (Opcode::Text | Opcode::Binary, Some(_)) => {
+                return Err(ProtocolError::ExpectedContinuation);
+            }
+            _ => {}
+        }
+        if !h.opcode.is_control() {
+            let held = self.message.as_ref().map_or(0, |m| m.data.len()) as u64;
+            let compressed = h.rsv1 || self.message.as_ref().is_some_and(|m| m.compressed);
+            // The peer picks payload_len (up to 2^63 - 1): add without overflowing.
+            let total = held.saturating_add(h.payload_len);
+            if !compressed && total > self.config.limits.max_message_len as u64 {
+                return Err(ProtocolError::MessageTooBig);
+            }
+            if self.message.is_none() {
+                self.message = Some(MessageInProgress {
+                    text: h.opcode == Opcode::Text,
+                    compressed: h.rsv1,
+                    data: Vec::new(),
+                    utf8: Utf8Validator::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes a piece of a data frame's payload, unmasked; `last` ends the message.
+    pub(super) fn on_data(
+        &mut self,
+        chunk: BytesMut,
+        last: bool,
+        out: &mut Vec<Outbound>,
+    ) -> Result<(), ProtocolError> {
+        let limit = self.config.limits.max_message_len;
+        // check_header opened the message before any payload arrived.
+        let Some(msg) = self.message.as_mut() else {
+            return Ok(());
+        };
+        if last && !msg.compressed && msg.data.is_empty() {
+            // The common case, a whole message in one frame: hand the buffer over uncopied.
+            let msg = self.message.take().unwrap_or_else(|| unreachable!());
+            let message = if msg.text {
+                let text =
+                    Text::from_utf8(chunk.freeze()).map_err(|_| ProtocolError::InvalidUtf8)?;
+                Message::Text(text)
+            } else {
+                Message::Binary(chunk.freeze())
+            };
+            if self.phase == Phase::Open {
+                out.push(Outbound::Deliver(message));
+            }
+            return Ok(());
+        }
+        let before = msg.data.len();
+        if msg.compressed {
+            let inflater = self.inflater.get_or_insert_with(|| {
+                Inflater::new(peer_no_context_takeover(self.role, self.deflate))
+            });
+            inflater.feed(&chunk, &mut msg.data, limit)?;
+            if last {
+                inflater.finish(&mut msg.data, limit)?;
+                if peer_no_context_takeover(self.role, self.deflate) {
+                    // The next message starts from an empty window: keep no zlib state (about
+                    // 40 KiB) while the connection idles. RFC 7692 §7.2.2 allows exactly this.
+                    self.inflater = None;
+                }
+            }
+        } else {
+            msg.data.extend_from_slice(&chunk);
+        }
+        if msg.text {
+            msg.utf8
+                .feed(&msg.data[before..])
+                .map_err(|_| ProtocolError::InvalidUtf8)?;
+        }
+        if !last {
+            return Ok(());
+        }
+        let mut msg = self.message.take().unwrap_or_else(|| unreachable!());
+        let message = if msg.text {
+            msg.utf8.finish().map_err(|_| ProtocolError::InvalidUtf8)?;
+            let text =
+                Text::from_utf8(Bytes::from(msg.data)).map_err(|_| ProtocolError::InvalidUtf8)?;
+            Message::Text(text)
+        } else {
+            Message::Binary(Bytes::from(msg.data))
+        };
+        if self.phase == Phase::Open {
+            out.push(Outbound::Deliver(message));
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_control(
+        &mut self,
+        opcode: Opcode,
+        payload: Bytes,
+        out: &mut Vec<Outbound>,
+    ) -> Result<(), ProtocolError> {
+        // Once this side sent a close frame, pings go unanswered and pongs unreported.
+        let open = self.phase == Phase::Open;
+        match opcode {
+            Opcode::Ping if open => {
+                self.push_frame(Opcode::Pong, false, payload.clone(), out);
+                out.push(Outbound::Deliver(Message::Ping(payload)));
+            }
+            Opcode::Pong if open => out.push(Outbound::Deliver(Message::Pong(payload))),
+            Opcode::Close => self.on_close_frame(&payload, out)?,
+            // FrameHeader::parse only lets the three control opcodes through.
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Whether the peer resets its compression window after each message.
+fn peer_no_context_takeover(role: Role, params: Option<DeflateParams>) -> bool {
+    params.is_some_and(|p| match role {
+        Role::Server => p.client_no_context_takeover,
+        Role::Client => p.server_no_context_takeover,
+    })
+}

@@ -1,0 +1,738 @@
+//! The raw server on smol: a listener, a pool of acceptor tasks spread over executor threads,
+//! and one task per connection driving the connection's [`tcp::Slot`], the handler side both
+//! shells share. The WebSocket server is this server running `spool_std::WsProtocol`.
+//!
+//! Each executor thread runs a `LocalExecutor` under `smol::block_on`, which drives the
+//! async-io reactor on that thread whenever it would otherwise park. A connection runs on the
+//! thread whose acceptor took it, so its reads, timers, mailbox and handler calls stay on one
+//! thread.
+//!
+//! A connection's task waits on everything at once: bytes from the peer (to
+//! [`Slot::data`]), its mailbox, a bounded channel (to [`Slot::user`]), one timer at the
+//! handler's deadline (to [`Slot::deadline_passed`]), the server's shutdown (to
+//! [`Slot::shutdown`]), and the writes of its [`Outgoing`] queue, so a peer that does not read
+//! holds up neither its timers nor its mailbox: the unsent-bytes bound decides when it is too
+//! slow. Once the handler hangs up, the task writes what is left and closes, at once or after
+//! lingering, as [`Hangup`] says.
+//!
+//! Shutdown closes one stop channel: each thread cancels its acceptors, every connection's
+//! handler gets `on_shutdown` (a WebSocket sends 1001) and closes as usual, and the thread ends
+//! once its connections have, or the shutdown grace has passed and the rest are dropped (each
+//! still reaching `on_close`).
+
+use std::io::Write as _;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::pin::{Pin, pin};
+use std::rc::{Rc, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::task::{Context, Poll};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::io::AsyncWriteExt as _;
+use futures_lite::{FutureExt as _, Stream as _, future, ready};
+use futures_rustls::TlsAcceptor;
+use smol::channel::{Receiver, Sender, TrySendError};
+use smol::{Async, LocalExecutor, Timer};
+use spool_std::ServerLimits;
+use spool_std::handler::{Mailbox, MailboxError, MailboxSink, StartError};
+use spool_std::tcp::{self, End, Hangup, Slot};
+
+use crate::io::{Clock, Deadline, Outgoing, Socket, drain_until_eof, poll_read, poll_write};
+
+/// How long `start` waits for every acceptor to report ready.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an acceptor rests after a failed `accept` (out of file descriptors, say), so that
+/// a listener that stays readable does not spin a core.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// User messages handled in one turn before the socket gets its say again.
+const MAILBOX_BATCH: usize = 64;
+
+/// How long a TLS handshake may take, unless the server says otherwise.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a closing connection may take to write what it still has, when the handler asked
+/// to close at once: the queue is bounded, so this is for a peer that stopped reading. (The
+/// std shell's bound too.)
+const FLUSH_ON_CLOSE_MS: u64 = 2_000;
+
+/// Turns a connection takes in a row without waiting (a peer that keeps the socket readable)
+/// before it lets the thread's other connections run.
+const TURNS_BEFORE_YIELD: u32 = 32;
+
+/// A raw TCP/TLS server on smol, to configure and [`start`](TcpServer::start): the same
+/// [`tcp::Handler`]s, limits and shutdown as `spool_std::TcpServer`.
+///
+/// ```
+/// use spool_smol::TcpServer;
+/// use spool_smol::tcp::{Conn, Handler, Packet};
+///
+/// /// Answers every read with the same bytes.
+/// struct Echo;
+/// impl Handler for Echo {
+///     type State = ();
+///     type User = ();
+///     fn on_init(&self, _conn: &mut Conn<()>) {}
+///     fn handle(&self, _: &mut (), packet: Packet<()>, conn: &mut Conn<()>) {
+///         if let Packet::Data(bytes) = packet {
+///             conn.send(bytes);
+///         }
+///     }
+/// }
+///
+/// let server = TcpServer::new(Echo).bind("127.0.0.1:0").start().unwrap();
+/// println!("listening on {}", server.local_addr());
+/// server.shutdown();
+/// ```
+pub struct TcpServer<H: tcp::Handler> {
+    handler: H,
+    addr: String,
+    pool_size: usize,
+    threads: Option<usize>,
+    tls: Option<(PathBuf, PathBuf)>,
+    tls_handshake_timeout: Duration,
+    limits: ServerLimits,
+}
+
+impl<H: tcp::Handler> TcpServer<H> {
+    /// A server for `handler`: 127.0.0.1 on a port the OS picks, 10 acceptors, one executor
+    /// thread per core, the default limits, no TLS.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn new(handler: H) -> Self {
+        TcpServer {
+            handler,
+            addr: "127.0.0.1:0".to_string(),
+            pool_size: 10,
+            threads: None,
+            tls: None,
+            tls_handshake_timeout: TLS_HANDSHAKE_TIMEOUT,
+            limits: ServerLimits::default(),
+        }
+    }
+
+    /// The address to listen on, `host:port` (`[::1]:9001` for IPv6); port 0 lets the OS pick.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn bind(mut self, addr: impl Into<String>) -> Self {
+        self.addr = addr.into();
+        self
+    }
+
+    /// How many acceptor tasks wait on the listener (glisten's pool), spread over the threads.
+    /// Default 10; at least 1.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn pool_size(mut self, acceptors: usize) -> Self {
+        self.pool_size = acceptors.max(1);
+        self
+    }
+
+    /// How many executor threads run the acceptors and their connections. Default: the number
+    /// of CPUs; never more than the pool size, since a thread without an acceptor gets no work.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n.max(1));
+        self
+    }
+
+    /// Serves TLS with the PEM certificate chain and private key in these files.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn tls(mut self, cert_pem: impl Into<PathBuf>, key_pem: impl Into<PathBuf>) -> Self {
+        self.tls = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// How long a TLS handshake may take before the connection is dropped (its handler never
+    /// sees it). Default 10 s; the WebSocket server uses its `handshake_timeout_ms`.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout = timeout;
+        self
+    }
+
+    /// The server's bounds.
+    #[must_use = "a builder does nothing until start()"]
+    pub fn limits(mut self, limits: ServerLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Binds, spawns the executor threads and returns once every acceptor is waiting.
+    ///
+    /// # Errors
+    /// [`StartError::Tls`] for unusable certificate or key files, [`StartError::SystemError`]
+    /// when binding or spawning a thread fails, [`StartError::AcceptorTimeout`] or
+    /// [`StartError::AcceptorFailed`] when the acceptors did not start.
+    pub fn start(self) -> Result<TcpServerHandle, StartError> {
+        let tls = match &self.tls {
+            Some((cert, key)) => Some(TlsAcceptor::from(
+                spool_std::tls::server_config(cert, key).map_err(StartError::Tls)?,
+            )),
+            None => None,
+        };
+        let listener = TcpListener::bind(self.addr.as_str()).map_err(|e| {
+            StartError::SystemError(std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {}: {e}", self.addr),
+            ))
+        })?;
+        let local_addr = listener.local_addr()?;
+        let listener = Async::new(listener)?;
+        let live = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            handler: self.handler,
+            tls,
+            tls_handshake_timeout: self.tls_handshake_timeout,
+            clock: Clock::new(),
+            limits: ServerLimits {
+                max_unsent_bytes: self.limits.max_unsent_bytes.max(1),
+                mailbox_capacity: self.limits.mailbox_capacity.max(1),
+                ..self.limits
+            },
+            live: live.clone(),
+            refused: AtomicU64::new(0),
+            refused_logged_ms: AtomicU64::new(0),
+            listener,
+        });
+        let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = self.threads.unwrap_or(cpus).min(self.pool_size).max(1);
+        let (stop, stopped) = smol::channel::bounded::<()>(1);
+        let (ready, readied) = mpsc::channel::<()>();
+        let mut handle = TcpServerHandle {
+            local_addr,
+            live,
+            stop: Some(stop),
+            threads: Vec::with_capacity(threads),
+        };
+        for t in 0..threads {
+            // pool_size acceptors dealt out as evenly as they go.
+            let acceptors = self.pool_size / threads + usize::from(t < self.pool_size % threads);
+            let (shared, ready, stopped) = (shared.clone(), ready.clone(), stopped.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("spool-smol-{t}"))
+                .spawn(move || run_thread(shared, acceptors, ready, stopped));
+            match spawned {
+                Ok(join) => handle.threads.push(join),
+                Err(e) => {
+                    handle.stop_and_join();
+                    return Err(StartError::SystemError(e));
+                }
+            }
+        }
+        drop(ready);
+        let deadline = Instant::now() + START_TIMEOUT;
+        for _ in 0..self.pool_size {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match readied.recv_timeout(left) {
+                Ok(()) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    handle.stop_and_join();
+                    return Err(StartError::AcceptorTimeout);
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    handle.stop_and_join();
+                    return Err(StartError::AcceptorFailed(
+                        "an executor thread exited while starting".into(),
+                    ));
+                }
+            }
+        }
+        tracing::debug!(%local_addr, threads, acceptors = self.pool_size, "server started");
+        Ok(handle)
+    }
+}
+
+/// A running server. Dropping it shuts the server down, like [`TcpServerHandle::shutdown`].
+#[derive(Debug)]
+pub struct TcpServerHandle {
+    local_addr: SocketAddr,
+    live: Arc<AtomicUsize>,
+    stop: Option<Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl TcpServerHandle {
+    /// The address the server listens on (with the port the OS chose for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections held right now.
+    pub fn connections(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, asks every connection to close ([`tcp::Handler::on_shutdown`]: a
+    /// WebSocket sends 1001; one still in its TLS handshake is dropped), and returns once every
+    /// connection has ended and run its `on_close`; those still open after the shutdown grace
+    /// are dropped.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    /// Blocks until the server stops, which it only does if its threads die.
+    pub fn wait(mut self) {
+        for join in self.threads.drain(..) {
+            let _ = join.join();
+        }
+    }
+
+    fn stop_and_join(&mut self) {
+        // Closing the channel wakes every thread's `stopped.recv()` and every connection's
+        // `Stop`.
+        if let Some(stop) = self.stop.take() {
+            stop.close();
+        }
+        for join in self.threads.drain(..) {
+            if join.join().is_err() {
+                tracing::error!("an executor thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for TcpServerHandle {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// What every thread of one server shares.
+struct Shared<H: tcp::Handler> {
+    handler: H,
+    tls: Option<TlsAcceptor>,
+    tls_handshake_timeout: Duration,
+    clock: Clock,
+    limits: ServerLimits,
+    /// Connections held by all threads, for the connection limit.
+    live: Arc<AtomicUsize>,
+    /// Refusals past the connection limit since the last log line.
+    refused: AtomicU64,
+    refused_logged_ms: AtomicU64,
+    listener: Async<TcpListener>,
+}
+
+fn run_thread<H: tcp::Handler>(
+    shared: Arc<Shared<H>>,
+    acceptors: usize,
+    ready: mpsc::Sender<()>,
+    stopped: Receiver<()>,
+) {
+    let grace = shared.limits.shutdown_grace;
+    let executor = Rc::new(LocalExecutor::new());
+    // Every connection task (and every acceptor, which hands out clones) holds a clone of
+    // `live`; `drained.recv()` fails once the last one is dropped. Nothing is ever sent.
+    let (live, drained) = smol::channel::bounded::<()>(1);
+    let acceptors: Vec<_> = (0..acceptors)
+        .map(|_| {
+            let task = accept_loop(
+                Rc::downgrade(&executor),
+                shared.clone(),
+                ready.clone(),
+                stopped.clone(),
+                live.clone(),
+            );
+            executor.spawn(task)
+        })
+        .collect();
+    drop((ready, live));
+    smol::block_on(executor.run(async {
+        let _ = stopped.recv().await;
+        // No connection starts after this; the ones running saw the same channel close and
+        // are closing.
+        for acceptor in acceptors {
+            acceptor.cancel().await;
+        }
+        let timeout = async {
+            Timer::after(grace).await;
+            tracing::warn!("shutdown grace period over; dropping the connections still open");
+            Ok(())
+        };
+        let _ = drained.recv().or(timeout).await;
+    }));
+    // Dropping the executor drops every connection task still running; each one's slot runs
+    // its handler's `on_close` as it goes.
+    drop(executor);
+}
+
+async fn accept_loop<H: tcp::Handler>(
+    executor: Weak<LocalExecutor<'static>>,
+    shared: Arc<Shared<H>>,
+    ready: mpsc::Sender<()>,
+    stopped: Receiver<()>,
+    live: Sender<()>,
+) {
+    let _ = ready.send(());
+    drop(ready);
+    loop {
+        match shared.listener.accept().await {
+            Ok((stream, peer)) => {
+                let limit = shared.limits.max_connections;
+                if shared.live.fetch_add(1, Ordering::AcqRel) >= limit {
+                    shared.live.fetch_sub(1, Ordering::AcqRel);
+                    refuse(&shared, &stream, peer, limit);
+                    continue;
+                }
+                // Counted until the task ends or is dropped with the executor.
+                let counted = Counted(shared.live.clone());
+                let Some(executor) = executor.upgrade() else {
+                    return;
+                };
+                let stop = Stop::new(stopped.clone());
+                // A panic in the shell's own code ends its connection, not the thread's others
+                // (the handler's panics are caught closer, by the slot).
+                let task =
+                    AssertUnwindSafe(serve(shared.clone(), stream, peer, stop)).catch_unwind();
+                let live = live.clone();
+                executor
+                    .spawn(async move {
+                        if task.await.is_err() {
+                            tracing::error!(%peer, "a connection task panicked");
+                        }
+                        drop((counted, live));
+                    })
+                    .detach();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                // Out of descriptors or memory: accepting again at once would fail again.
+                tracing::warn!(
+                    "accept failed: {e}; this acceptor rests {} ms",
+                    ACCEPT_BACKOFF.as_millis()
+                );
+                Timer::after(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One connection counted against the limit, until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection past the limit: the handler's refusal, best effort and never blocking (a fresh
+/// socket's send buffer takes a short answer), then closed.
+fn refuse<H: tcp::Handler>(
+    shared: &Shared<H>,
+    stream: &Async<TcpStream>,
+    peer: SocketAddr,
+    limit: usize,
+) {
+    let refusal = catch_unwind(AssertUnwindSafe(|| shared.handler.refusal())).unwrap_or(None);
+    if let Some(bytes) = refusal {
+        let _ = stream.get_ref().write(&bytes);
+    }
+    let _ = stream.get_ref().shutdown(Shutdown::Both);
+    let refused = shared.refused.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = shared.clock.now_ms();
+    let logged = shared.refused_logged_ms.load(Ordering::Relaxed);
+    if refused == 1 || now.saturating_sub(logged) >= 1_000 {
+        shared.refused_logged_ms.store(now, Ordering::Relaxed);
+        shared.refused.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            %peer,
+            limit,
+            refused,
+            "connection limit reached; refusing new connections"
+        );
+    }
+}
+
+/// One connection, from accept to close.
+async fn serve<H: tcp::Handler>(
+    shared: Arc<Shared<H>>,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    mut stop: Stop,
+) {
+    // Writes are whole frames in one vectored write: Nagle would only delay them.
+    let _ = stream.get_ref().set_nodelay(true);
+    match &shared.tls {
+        None => run(&shared, stream, peer, false, &mut stop).await,
+        // Boxed, so that a plain connection's task is not sized for a TLS session.
+        Some(acceptor) => Box::pin(serve_tls(&shared, acceptor, stream, peer, &mut stop)).await,
+    }
+}
+
+async fn serve_tls<H: tcp::Handler>(
+    shared: &Arc<Shared<H>>,
+    acceptor: &TlsAcceptor,
+    stream: Async<TcpStream>,
+    peer: SocketAddr,
+    stop: &mut Stop,
+) {
+    enum Tls<S> {
+        Up(std::io::Result<S>),
+        TimedOut,
+        Stopped,
+    }
+    let accept = async { Tls::Up(acceptor.accept(stream).await) };
+    let timeout = async {
+        Timer::after(shared.tls_handshake_timeout).await;
+        Tls::TimedOut
+    };
+    let stopped = async {
+        future::poll_fn(|cx| stop.poll_fired(cx)).await;
+        Tls::Stopped
+    };
+    let up = accept.or(timeout).or(stopped).await;
+    match up {
+        Tls::Up(Ok(tls)) => run(shared, tls, peer, true, stop).await,
+        Tls::Up(Err(e)) => tracing::debug!(%peer, "tls handshake failed: {e}"),
+        Tls::TimedOut => tracing::debug!(%peer, "tls handshake timed out"),
+        Tls::Stopped => {}
+    }
+}
+
+/// A connection's slot, ended when dropped: a task dropped with its executor (shutdown past the
+/// grace period) or unwinding from a panic still runs the handler's `on_close`.
+struct Held<'a, H: tcp::Handler> {
+    handler: &'a H,
+    clock: Clock,
+    slot: Slot<H>,
+}
+
+impl<H: tcp::Handler> Drop for Held<'_, H> {
+    fn drop(&mut self) {
+        let end = if thread::panicking() {
+            End::Panicked
+        } else {
+            End::Shutdown
+        };
+        self.slot.end(self.handler, end, self.clock.now_ms());
+    }
+}
+
+/// Runs the handler over a connection whose transport is up.
+async fn run<H: tcp::Handler, S: Socket>(
+    shared: &Arc<Shared<H>>,
+    mut stream: S,
+    peer: SocketAddr,
+    tls: bool,
+    stop: &mut Stop,
+) {
+    let handler = &shared.handler;
+    let clock = shared.clock;
+    let (tx, rx) = smol::channel::bounded(shared.limits.mailbox_capacity);
+    let conn = tcp::Conn::new(peer, tls, Mailbox::new(Arc::new(ChannelSink(tx))));
+    let mut out = Outgoing::default();
+    let slot = Slot::open(
+        handler,
+        conn,
+        shared.limits.max_unsent_bytes,
+        clock.now_ms(),
+        &mut out,
+    );
+    let mut held = Held {
+        handler,
+        clock,
+        slot,
+    };
+    let rx = pin!(rx);
+    let end = match drive(&mut held, &mut out, &mut stream, rx, stop).await {
+        Ok(hangup) => hang_up(&mut stream, &mut out, hangup, peer).await,
+        Err(end) => end,
+    };
+    held.slot.end(handler, end, clock.now_ms());
+}
+
+/// The server's shutdown as one connection sees it: the stop channel, which is never sent on
+/// and closes when the server shuts down. Ready once, then pending for good.
+struct Stop(Option<Pin<Box<Receiver<()>>>>);
+
+impl Stop {
+    fn new(stopped: Receiver<()>) -> Stop {
+        // Pinned: a receiver polled as a stream keeps its listener in place.
+        Stop(Some(Box::pin(stopped)))
+    }
+
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(rx) = &mut self.0 else {
+            return Poll::Pending;
+        };
+        ready!(rx.as_mut().poll_next(cx));
+        // A closed channel stays ready: forget it so that it fires once.
+        self.0 = None;
+        Poll::Ready(())
+    }
+}
+
+/// What woke a connection.
+enum Wake<U> {
+    Stop,
+    Deadline,
+    Read(std::io::Result<Bytes>),
+    User(U),
+    WriteFailed(std::io::Error),
+}
+
+/// The connection loop, while the handler runs: returns how to hang up once it asks to, or how
+/// the connection ended under it.
+async fn drive<H: tcp::Handler, S: Socket>(
+    held: &mut Held<'_, H>,
+    out: &mut Outgoing,
+    stream: &mut S,
+    mut rx: Pin<&mut Receiver<H::User>>,
+    stop: &mut Stop,
+) -> Result<Hangup, End> {
+    let handler: &H = held.handler;
+    let clock = &held.clock;
+    let slot = &mut held.slot;
+    let mut deadline = Deadline::new();
+    // Bytes handed to the stream that may still sit in it (TLS records not yet flushed).
+    let mut unflushed = false;
+    let mut user_first = false;
+    let mut turns = 0;
+    loop {
+        if let Some((hangup, _)) = slot.hangup() {
+            // Nothing more reaches the handler: senders hear `Gone` from now on.
+            rx.close();
+            return Ok(hangup);
+        }
+        deadline.arm(slot.deadline(handler), clock);
+        if turns >= TURNS_BEFORE_YIELD {
+            turns = 0;
+            future::yield_now().await;
+        }
+        user_first = !user_first;
+        let mut polls = 0u32;
+        let wake = future::poll_fn(|cx| {
+            polls += 1;
+            if stop.poll_fired(cx).is_ready() {
+                return Poll::Ready(Wake::Stop);
+            }
+            if deadline.poll_fired(cx).is_ready() {
+                return Poll::Ready(Wake::Deadline);
+            }
+            if unflushed || !out.is_empty() {
+                match poll_write(out, stream, cx) {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Wake::WriteFailed(e)),
+                    Poll::Pending => unflushed = true,
+                }
+            }
+            if user_first {
+                if let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::User(u));
+                }
+            }
+            if let Poll::Ready(r) = poll_read(stream, cx) {
+                return Poll::Ready(Wake::Read(r));
+            }
+            if !user_first {
+                if let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::User(u));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        // A connection that never had to wait keeps count, so it cannot starve the others.
+        turns = if polls > 1 { 0 } else { turns + 1 };
+        let now = clock.now_ms();
+        match wake {
+            Wake::Stop => slot.shutdown(handler, now, out),
+            Wake::Deadline => {
+                if slot.deadline(handler).is_some_and(|at| at <= now) {
+                    slot.deadline_passed(handler, now, out);
+                }
+            }
+            Wake::Read(Ok(bytes)) if !bytes.is_empty() => slot.data(handler, bytes, now, out),
+            Wake::Read(_) => return Err(End::PeerGone),
+            Wake::User(message) => {
+                slot.user(handler, message, now, out);
+                for _ in 1..MAILBOX_BATCH {
+                    // Bytes to write go out before the next message adds to them: the
+                    // unsent-bytes bound is for a peer that reads too slowly, not for a batch.
+                    if !slot.is_open() || !out.is_empty() {
+                        break;
+                    }
+                    match rx.try_recv() {
+                        Ok(message) => slot.user(handler, message, now, out),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Wake::WriteFailed(e) => {
+                tracing::debug!("write failed: {e}");
+                return Err(End::PeerGone);
+            }
+        }
+    }
+}
+
+/// Ends a connection whose handler hung up: writes what is left and flushes (TLS close_notify)
+/// within a bound, then closes at once or lingers, as `hangup` says.
+async fn hang_up<S: Socket>(
+    stream: &mut S,
+    out: &mut Outgoing,
+    hangup: Hangup,
+    peer: SocketAddr,
+) -> End {
+    let flush_for = match hangup {
+        Hangup::Linger(ms) => ms.max(FLUSH_ON_CLOSE_MS),
+        Hangup::Now => FLUSH_ON_CLOSE_MS,
+    };
+    let flush = async {
+        if future::poll_fn(|cx| poll_write(out, stream, cx))
+            .await
+            .is_err()
+        {
+            return Some(End::PeerGone);
+        }
+        // TLS says goodbye after the last bytes, so the peer can tell an end from a cut.
+        let _ = stream.close().await;
+        None
+    };
+    let timeout = async {
+        Timer::after(Duration::from_millis(flush_for)).await;
+        tracing::debug!(%peer, "the peer did not take the last bytes in time; dropping them");
+        Some(End::TooSlow)
+    };
+    if let Some(end) = flush.or(timeout).await {
+        return end;
+    }
+    if let Hangup::Linger(ms) = hangup {
+        let _ = stream.tcp().shutdown(Shutdown::Write);
+        let drain = async {
+            drain_until_eof(stream).await;
+        };
+        drain
+            .or(async {
+                Timer::after(Duration::from_millis(ms)).await;
+            })
+            .await;
+    }
+    End::Closed
+}
+
+/// A connection's mailbox: a bounded channel into its task.
+struct ChannelSink<U>(Sender<U>);
+
+impl<U: Send> MailboxSink<U> for ChannelSink<U> {
+    fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
+        self.0.try_send(message).map_err(|e| match e {
+            TrySendError::Full(m) => MailboxError::Full(m),
+            TrySendError::Closed(m) => MailboxError::Gone(m),
+        })
+    }
+
+    fn close(&self) {
+        self.0.close();
+    }
+}
