@@ -45,6 +45,7 @@
 #![warn(missing_docs)]
 
 mod b64;
+pub mod cassette;
 pub mod channel;
 pub mod client;
 #[cfg(feature = "fuzzing")]
@@ -55,4 +56,5 @@ pub mod presence;
 pub mod rand;
 pub mod replay;
 pub mod session;
+pub mod view;
 pub mod ws;

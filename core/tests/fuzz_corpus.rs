@@ -56,3 +56,8 @@ fn channel_decode_corpus() {
 fn channel_events_corpus() {
     replay("channel_events", spool_core::fuzzing::channel_events);
 }
+
+#[test]
+fn live_decode_corpus() {
+    replay("live_decode", spool_core::cassette::fuzz::live_decode);
+}

@@ -86,6 +86,7 @@ pub struct ChatServer {
     server: ServerHandle,
     hub: Arc<Hub>,
     live: Arc<AtomicUsize>,
+    live_views: crate::live_demo::LiveDemo,
 }
 
 impl ChatServer {
@@ -99,11 +100,18 @@ impl ChatServer {
         self.live.clone()
     }
 
+    /// The live views' service (`/live-demo`, `/dashboard`).
+    pub fn live_views(&self) -> &Arc<spool_std::live::Live> {
+        self.live_views.live()
+    }
+
     /// Stops the server (every socket is closed with 1001 and says goodbye to the hub), then
     /// stops the hub once it has handled everything before, so a recording ends with every
     /// socket's disconnect.
     pub fn shutdown(self) {
         self.server.shutdown();
+        // The live views' ticker holds a reference to the hub for the dashboard: stop it first.
+        drop(self.live_views);
         // The server's threads are joined, and with them went the socket handler's reference
         // to the hub: this is the last one. Dropping it queues the hub's stop behind every
         // event already sent and joins its thread, which writes (and flushes) each line.
@@ -146,16 +154,23 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
         origins: OriginCheck::new(options.allowed_origins),
         live: live.clone(),
     };
-    let mut server = Server::new(socket)
+    let (site, live_views) = crate::live_demo::mount(socket, hub.clone())
+        .map_err(|e| ServeError::Start(options.bind.clone(), StartError::SystemError(e)))?;
+    let mut server = Server::new(site)
         .bind(options.bind.clone())
-        .config(ChannelSocket::ws_config());
+        .config(crate::live_demo::ws_config());
     if let Some((cert, key)) = options.tls {
         server = server.tls(cert, key);
     }
     let server = server
         .start()
         .map_err(|e| ServeError::Start(options.bind, e))?;
-    Ok(ChatServer { server, hub, live })
+    Ok(ChatServer {
+        server,
+        hub,
+        live,
+        live_views,
+    })
 }
 
 /// The channel socket behind an origin check, counting open sockets.

@@ -23,6 +23,7 @@ pub mod chat;
 pub mod cli_client;
 mod client;
 mod io;
+pub mod live_demo;
 pub mod reconnecting;
 mod server;
 mod tcp_server;

@@ -223,6 +223,9 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     announce(format!(
         "spool serve: chat on {http}://{addr}/, channels at {ws}://{addr}/socket/websocket"
     ));
+    announce(format!(
+        "spool serve: live views at {http}://{addr}/live-demo and {http}://{addr}/dashboard"
+    ));
     let live = server.live_connections();
     stop_on_signal(signals, args.stop.grace_ms, &live, move || {
         server.shutdown()

@@ -44,6 +44,8 @@ pub enum ToSocket {
 enum HubInput {
     Connect(ClientId, Mailbox<ToSocket>, Arc<AtomicBool>),
     Event(channel::Event),
+    /// Runs on the hub's thread with the runtime, for a dashboard's read-only look.
+    Inspect(Box<dyn FnOnce(&Runtime) + Send>),
     Stop,
 }
 
@@ -223,6 +225,10 @@ impl Hub {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
                             }
+                            Some(HubInput::Inspect(f)) => {
+                                f(&runtime);
+                                continue;
+                            }
                             Some(HubInput::Event(e)) => e,
                         };
                         let gone = match &event {
@@ -300,6 +306,11 @@ impl Hub {
 
     fn now_ms(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// Runs `f` with the runtime on the hub's thread, between two events (a dashboard's look).
+    pub fn inspect(&self, f: impl FnOnce(&Runtime) + Send + 'static) {
+        self.send(HubInput::Inspect(Box::new(f)));
     }
 
     /// Gives an event to the runtime from outside a socket (an application broadcast, say).

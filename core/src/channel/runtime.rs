@@ -132,6 +132,15 @@ impl Runtime {
         self.presence.list(topic)
     }
 
+    /// Every topic with subscribers, sorted: `(topic, subscribers, presences)`, for dashboards.
+    pub fn topic_counts(&self) -> Vec<(String, usize, usize)> {
+        let mut v: Vec<_> = (self.topics.iter())
+            .map(|(t, s)| (t.clone(), s.len(), self.presence.count(t)))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// When the runtime wants an [`Event::Tick`]: the earliest heartbeat deadline of a socket
     /// (`heartbeat_timeout_ms` after the last event that socket sent), or `None`. It may be
     /// early; a tick before a socket's real deadline does nothing to it.
