@@ -149,12 +149,15 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
         _ => None,
     });
     let live = Arc::new(AtomicUsize::new(0));
+    let origins = OriginCheck::new(options.allowed_origins);
     let socket = ChatSocket {
         channels: ChannelSocket::new(hub.clone(), "/socket/websocket", pages),
-        origins: OriginCheck::new(options.allowed_origins),
+        origins: origins.clone(),
         live: live.clone(),
     };
-    let (site, live_views) = crate::live_demo::mount(socket, hub.clone())
+    // One origin policy for every socket of the server: /live follows --allow-origin too.
+    let rule = Arc::new(move |request: &Request| origins.check(request));
+    let (site, live_views) = crate::live_demo::mount(socket, hub.clone(), rule)
         .map_err(|e| ServeError::Start(options.bind.clone(), StartError::SystemError(e)))?;
     let mut server = Server::new(site)
         .bind(options.bind.clone())

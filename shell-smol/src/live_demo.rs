@@ -62,9 +62,14 @@ impl LiveDemo {
 ///
 /// # Errors
 /// When the ticker's thread cannot start.
-pub fn mount<H: Handler>(other: H, hub: Arc<Hub>) -> std::io::Result<(Site<H>, LiveDemo)> {
+pub fn mount<H: Handler>(
+    other: H,
+    hub: Arc<Hub>,
+    origin: Arc<spool_std::live::OriginRule>,
+) -> std::io::Result<(Site<H>, LiveDemo)> {
     let live = Arc::new(live(cassette::Config::default()));
-    let site = Site::new(other, live.clone());
+    let socket = spool_std::live::LiveSocket::new(live.clone()).with_origin_rule(origin);
+    let site = Site::with_live_socket(other, socket);
     let job = dashboard_job(live.clone(), site.stats(), hub);
     let ticker = Ticker::start("spool-live-tick", Duration::from_secs(1), job)?;
     Ok((

@@ -287,9 +287,24 @@ fn same_origin(origin: Option<&str>, host: &str) -> bool {
 }
 
 /// The [`Handler`] of live sockets.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LiveSocket {
     live: Arc<Live>,
+    /// Decides a socket's `Origin`; `None`: the request's own host and port only.
+    origin: Option<Arc<OriginRule>>,
+}
+
+/// An application's rule for the `Origin` of a live socket (a page of another site must not
+/// ride its visitor's cookies into a live session).
+pub type OriginRule = dyn Fn(&Request) -> Result<(), Rejection> + Send + Sync;
+
+impl std::fmt::Debug for LiveSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveSocket")
+            .field("live", &self.live)
+            .field("origin", &self.origin.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// A live socket's state.
@@ -302,7 +317,15 @@ pub struct LiveConn {
 impl LiveSocket {
     /// Live sockets of `live`.
     pub fn new(live: Arc<Live>) -> LiveSocket {
-        LiveSocket { live }
+        LiveSocket { live, origin: None }
+    }
+
+    /// Decides the `Origin` of live sockets with `rule` instead of the default (the request's
+    /// own host and port), so that a server's one origin policy covers every socket it serves.
+    #[must_use]
+    pub fn with_origin_rule(mut self, rule: Arc<OriginRule>) -> LiveSocket {
+        self.origin = Some(rule);
+        self
     }
 
     /// The service.
@@ -318,6 +341,9 @@ impl Handler for LiveSocket {
     fn on_upgrade(&self, request: &Request) -> Result<(), Rejection> {
         if request.path() != self.live.socket_path {
             return Err(Rejection::new(404, "no socket here"));
+        }
+        if let Some(rule) = &self.origin {
+            return rule(request);
         }
         if !same_origin(request.origin.as_deref(), &request.host) {
             return Err(Rejection::new(403, "cross-origin live socket"));
@@ -400,9 +426,14 @@ pub struct Site<H: Handler> {
 impl<H: Handler> Site<H> {
     /// `other` beside `live`'s sockets and pages.
     pub fn new(other: H, live: Arc<Live>) -> Site<H> {
+        Site::with_live_socket(other, LiveSocket::new(live))
+    }
+
+    /// `other` beside the sockets and pages of `live` (with its origin rule).
+    pub fn with_live_socket(other: H, live: LiveSocket) -> Site<H> {
         Site {
             other,
-            live: LiveSocket::new(live),
+            live,
             stats: Arc::default(),
         }
     }

@@ -63,6 +63,11 @@ fn allow_origin_adds_origins_in_phoenix_forms() {
     assert_eq!(status("https://partner.example.evil"), 403);
     assert_eq!(status(&format!("http://{}", spool.addr)), 101, "own host");
     assert_eq!(status("https://elsewhere.example"), 403);
+    // The live views' socket follows the same policy.
+    let live = |origin: &str| upgrade_status(spool.addr, "/live", &[("Origin", origin)]);
+    assert_eq!(live("https://app.example"), 101);
+    assert_eq!(live("http://eu.partner.example:8080"), 101);
+    assert_eq!(live("https://elsewhere.example"), 403);
 }
 
 #[test]
