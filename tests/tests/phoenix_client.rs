@@ -211,3 +211,41 @@ fn after_the_server_restarts_every_topic_is_rejoined_and_keeps_receiving() {
         server.shutdown();
     });
 }
+
+#[test]
+fn a_crashed_channel_rejoins_on_the_rejoin_schedule_with_a_new_join() {
+    let server = serve("127.0.0.1:0");
+    let url = format!("ws://{}/socket", server.local_addr());
+    let tries = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = tries.clone();
+    let client = PhoenixClient::connect(
+        &url,
+        PhoenixOptions {
+            rejoin_after: Arc::new(move |n| {
+                seen.lock().unwrap().push(n);
+                Duration::from_millis(400)
+            }),
+            ..options()
+        },
+    )
+    .unwrap();
+    smol::block_on(async {
+        let room = client.channel("room:crash", json!({"user": "c"}));
+        room.join().await.unwrap();
+        // `crash` crashes the channel: the server sends phx_error, the client waits
+        // rejoin_after(1) and joins again; a push made meanwhile is held until then.
+        let _ = room
+            .push_with_timeout("crash", json!({}), Duration::from_millis(50))
+            .await;
+        let start = Instant::now();
+        assert_eq!(room.push("ping", json!(3)).await, Ok(json!({"pong": 3})));
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
+            "{waited:?}"
+        );
+        assert_eq!(*tries.lock().unwrap(), [1]);
+        client.close().await;
+    });
+    server.shutdown();
+}
