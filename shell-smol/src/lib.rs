@@ -24,6 +24,7 @@ pub mod cli_client;
 mod client;
 mod io;
 pub mod live_demo;
+pub mod phoenix;
 pub mod reconnecting;
 mod server;
 mod tcp_server;

@@ -126,6 +126,10 @@ struct EchoClientArgs {
     /// Agent name in the reports [default: $AUTOBAHN_AGENT, else "spool"].
     #[arg(long)]
     agent: Option<String>,
+    /// Run each case over this client transport (`core`: spool's machine through the
+    /// transport trait; `tungstenite`: async-tungstenite) instead of spool's plain client.
+    #[arg(long, value_name = "NAME")]
+    transport: Option<String>,
 }
 
 #[derive(Args)]
@@ -627,13 +631,18 @@ fn echo_client(args: EchoClientArgs) -> Result<(), String> {
         .agent
         .or_else(|| std::env::var("AUTOBAHN_AGENT").ok())
         .unwrap_or_else(|| "spool".to_string());
+    let transport = args.transport;
     smol::block_on(async move {
         let count = case_count(&base).await?;
         eprintln!("spool echo-client: {count} cases on {base} as {agent}");
         let mut failures = 0usize;
         for case in 1..=count {
             let case_url = format!("{base}/runCase?case={case}&agent={agent}");
-            if let Err(e) = run_case(&case_url).await {
+            let ran = match &transport {
+                Some(transport) => spool_smol::transport::echo_case(transport, &case_url).await,
+                None => run_case(&case_url).await.map_err(|e| e.to_string()),
+            };
+            if let Err(e) = ran {
                 failures += 1;
                 eprintln!("spool echo-client: case {case}: {e}");
             }

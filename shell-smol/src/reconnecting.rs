@@ -177,6 +177,23 @@ impl<H: Handler> ClientSender<H> {
         let _ = self.commands.send_blocking(Command::Finish { linger_ms });
     }
 
+    /// Gives the handler a message (`handle_info`), waiting while the client is busy.
+    ///
+    /// # Errors
+    /// [`Stopped`] once the client has stopped.
+    pub async fn info(&self, info: H::Info) -> Result<(), Stopped> {
+        self.commands
+            .send(Command::Info(info))
+            .await
+            .map_err(|_| Stopped)
+    }
+
+    /// Asks the client to close (1000) and stop reconnecting, without waiting; false when the
+    /// client is stopped or too busy to take the request.
+    pub fn try_close(&self) -> bool {
+        self.commands.try_send(Command::Close).is_ok()
+    }
+
     /// Gives the handler a message (`handle_info`), unless the client is stopped or busy.
     pub fn try_info(&self, info: H::Info) -> bool {
         !matches!(

@@ -225,6 +225,60 @@ fn apply(next: Next, pending: &mut VecDeque<Message>) -> bool {
     }
 }
 
+/// The transports that speak the wire, by name: `core`, and `tungstenite` when spool-smol is
+/// built with its `tungstenite` feature.
+pub const WIRE_TRANSPORTS: &[&str] = if cfg!(feature = "tungstenite") {
+    &["core", "tungstenite"]
+} else {
+    &["core"]
+};
+
+/// Runs one Autobahn client case over the transport named `transport` (see
+/// [`WIRE_TRANSPORTS`]): connects to `url` and echoes every text and binary message until the
+/// connection ends. The core transport offers permessage-deflate, so that cases 12 and 13 can
+/// run; async-tungstenite has no deflate.
+///
+/// # Errors
+/// An unknown transport, a bad URL, or a connection that could not be opened.
+pub async fn echo_case(transport: &str, url: &str) -> Result<(), String> {
+    let url = Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    match transport {
+        "core" => {
+            let config = ws::Config {
+                deflate: Some(ws::DeflateConfig::default()),
+                ..ws::Config::default()
+            };
+            echo_over(CoreTransport::new(config), &url).await
+        }
+        #[cfg(feature = "tungstenite")]
+        "tungstenite" => echo_over(TungsteniteTransport::default(), &url).await,
+        other => Err(format!(
+            "unknown transport {other:?}: this build has {WIRE_TRANSPORTS:?}"
+        )),
+    }
+}
+
+async fn echo_over<T: Transport>(mut transport: T, url: &Url) -> Result<(), String> {
+    transport.open(url).await.map_err(|e| e.to_string())?;
+    transport
+        .upgrade(url, &[])
+        .await
+        .map_err(|e| e.to_string())?;
+    loop {
+        match transport.next_message().await {
+            TransportMessage::Frame(message @ (Message::Text(_) | Message::Binary(_))) => {
+                // A failed send ends the connection; the next message says how.
+                let _ = transport.send_frame(message).await;
+            }
+            TransportMessage::Frame(Message::Ping(_) | Message::Pong(_)) => {}
+            TransportMessage::Closed(..) => {
+                transport.close(1000, "").await;
+                return Ok(());
+            }
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 
 /// spool's own WebSocket machine over TCP (and TLS): the native transport.
@@ -483,7 +537,7 @@ mod tung {
 
     use async_tungstenite::WebSocketStream;
     use async_tungstenite::tungstenite::{self, Message as TMessage};
-    use futures_lite::StreamExt as _;
+    use futures_lite::{FutureExt as _, StreamExt as _};
     use smol::Async;
     use spool_core::ws::{Message, Url};
 
@@ -575,6 +629,14 @@ mod tung {
                         let (code, reason) = frame.map_or((1005, String::new()), |f| {
                             (u16::from(f.code), f.reason.to_string())
                         });
+                        // Send tungstenite's queued close reply, then let the server close
+                        // the TCP connection first (RFC 6455 §7.1.1), for at most a second.
+                        let _ = ws.close(None).await;
+                        let drained = async { while let Some(Ok(_)) = ws.next().await {} };
+                        let waited = async {
+                            smol::Timer::after(std::time::Duration::from_secs(1)).await;
+                        };
+                        drained.or(waited).await;
                         self.ws = None;
                         return TransportMessage::Closed(code, reason);
                     }
