@@ -21,6 +21,7 @@
 //!   (ping, pong deadline), not by a missing heartbeat reply.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +48,10 @@ pub struct PhoenixOptions {
     pub backoff: Backoff,
     /// Connect plus handshake, per attempt. Default 10 s.
     pub connect_timeout: Duration,
+    /// Messages (and, apart, presence changes) one channel keeps for its reader. Past it a
+    /// reader that is not keeping up loses the newest, counted by [`Channel::dropped`] and
+    /// logged, rather than the client's memory growing. Default 1,024.
+    pub channel_buffer: usize,
 }
 
 impl Default for PhoenixOptions {
@@ -57,6 +62,7 @@ impl Default for PhoenixOptions {
             rejoin_after: Arc::new(|tries| Duration::from_millis(rejoin_ms(tries))),
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
+            channel_buffer: 1024,
         }
     }
 }
@@ -68,6 +74,7 @@ impl std::fmt::Debug for PhoenixOptions {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
+            .field("channel_buffer", &self.channel_buffer)
             .finish_non_exhaustive()
     }
 }
@@ -183,6 +190,22 @@ struct Sinks {
     events: Sender<ChannelMessage>,
     presence: Arc<Mutex<Presence>>,
     changes: Sender<Change>,
+    /// Messages and presence changes a full buffer refused.
+    dropped: Arc<AtomicU64>,
+}
+
+impl Sinks {
+    /// Hands `item` to the reader, or counts it dropped when the reader is not keeping up.
+    fn offer<T>(&self, sink: &Sender<T>, item: T, topic: &str) {
+        if let Err(smol::channel::TrySendError::Full(_)) = sink.try_send(item) {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(
+                topic,
+                dropped,
+                "a channel's reader is not keeping up; message dropped"
+            );
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -394,12 +417,13 @@ impl PhoenixHandler {
                     _ => Vec::new(),
                 };
                 for change in changes {
-                    let _ = chan.sinks.changes.try_send(change);
+                    chan.sinks.offer(&chan.sinks.changes, change, topic);
                 }
-                let _ = chan.sinks.events.try_send(ChannelMessage {
+                let message = ChannelMessage {
                     event: event.to_string(),
                     payload,
-                });
+                };
+                chan.sinks.offer(&chan.sinks.events, message, topic);
             }
         }
     }
@@ -589,6 +613,7 @@ pub struct PhoenixClient {
     handle: Option<ClientHandle<PhoenixHandler>>,
     sender: ClientSender<PhoenixHandler>,
     timeout: Duration,
+    channel_buffer: usize,
     _tasks: Vec<smol::Task<()>>,
 }
 
@@ -660,6 +685,7 @@ impl PhoenixClient {
             handle: Some(handle),
             sender,
             timeout: options.timeout,
+            channel_buffer: options.channel_buffer.max(1),
             _tasks: vec![forward, heartbeat],
         })
     }
@@ -667,8 +693,8 @@ impl PhoenixClient {
     /// A channel on `topic`, joined with `params` by [`Channel::join`]. One channel a topic: a
     /// second join of the same topic replaces the first.
     pub fn channel(&self, topic: &str, params: Value) -> Channel {
-        let (events_tx, events) = smol::channel::unbounded();
-        let (changes_tx, changes) = smol::channel::unbounded();
+        let (events_tx, events) = smol::channel::bounded(self.channel_buffer);
+        let (changes_tx, changes) = smol::channel::bounded(self.channel_buffer);
         Channel {
             topic: topic.to_string(),
             params,
@@ -678,6 +704,7 @@ impl PhoenixClient {
                 events: events_tx,
                 presence: Arc::new(Mutex::new(Presence::new())),
                 changes: changes_tx,
+                dropped: Arc::new(AtomicU64::new(0)),
             },
             events,
             changes,
@@ -791,6 +818,12 @@ impl Channel {
     /// The stream of messages [`Channel::recv`] reads, for another task.
     pub fn messages(&self) -> Receiver<ChannelMessage> {
         self.events.clone()
+    }
+
+    /// Messages and presence changes dropped because this channel's reader fell more than
+    /// [`PhoenixOptions::channel_buffer`] behind.
+    pub fn dropped(&self) -> u64 {
+        self.sinks.dropped.load(Ordering::Relaxed)
     }
 
     /// The presences now: `{"key": {"metas": [..]}}`.

@@ -31,6 +31,7 @@ fn options() -> PhoenixOptions {
             ..Backoff::default()
         },
         connect_timeout: Duration::from_secs(2),
+        ..PhoenixOptions::default()
     }
 }
 
@@ -246,6 +247,56 @@ fn a_crashed_channel_rejoins_on_the_rejoin_schedule_with_a_new_join() {
         );
         assert_eq!(*tries.lock().unwrap(), [1]);
         client.close().await;
+    });
+    server.shutdown();
+}
+
+#[test]
+fn a_reader_that_falls_behind_loses_the_newest_messages_counted() {
+    let server = serve("127.0.0.1:0");
+    let talker = connect(&server);
+    let url = format!("ws://{}/socket", server.local_addr());
+    let slow = PhoenixClient::connect(
+        &url,
+        PhoenixOptions {
+            channel_buffer: 3,
+            ..options()
+        },
+    )
+    .unwrap();
+    smol::block_on(async {
+        let mouth = talker.channel("room:buffer", json!({}));
+        let ear = slow.channel("room:buffer", json!({}));
+        mouth.join().await.unwrap();
+        ear.join().await.unwrap();
+        // presence_state after the join takes one place; then five shouts, unread.
+        for n in 0..5 {
+            let push = mouth.push_with_timeout("shout", json!({"n": n}), Duration::from_millis(50));
+            let _ = push.await;
+        }
+        // The talker hears its own five: every broadcast has reached the slow client too.
+        for n in 0..5 {
+            assert_eq!(
+                next_event(&mouth, "shout", Duration::from_secs(3)).await,
+                Some(json!({"n": n}))
+            );
+        }
+        eventually(
+            "the slow client drops what does not fit",
+            Duration::from_secs(3),
+            || ear.dropped() == 3,
+        )
+        .await;
+        // What was kept is the oldest, in order.
+        let mut kept = Vec::new();
+        for _ in 0..3 {
+            kept.push(ear.recv().await.unwrap());
+        }
+        assert_eq!(kept[0].event, "presence_state");
+        assert_eq!(kept[1].payload, json!({"n": 0}));
+        assert_eq!(kept[2].payload, json!({"n": 1}));
+        talker.close().await;
+        slow.close().await;
     });
     server.shutdown();
 }
