@@ -492,24 +492,7 @@ impl<H: Handler> Driver<H> {
     /// Turns a callback's answer into events for the machine.
     fn apply(&mut self, next: Next, this_connection: bool) {
         let now_ms = self.clock.now_ms();
-        match next {
-            Next::Ok => {}
-            Next::Reply(frames) => {
-                for message in frames {
-                    self.pending.push(if this_connection {
-                        Event::SendNow { now_ms, message }
-                    } else {
-                        Event::Send { now_ms, message }
-                    });
-                }
-            }
-            Next::Ready => self.pending.push(Event::Ready { now_ms }),
-            Next::Stop => self.pending.push(Event::Close {
-                now_ms,
-                code: 1000,
-                reason: String::new(),
-            }),
-        }
+        next.into_events(this_connection, now_ms, &mut self.pending);
     }
 
     fn run_pending(&mut self) {

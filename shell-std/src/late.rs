@@ -23,6 +23,33 @@ pub enum Next {
     Stop,
 }
 
+impl Next {
+    /// The events this answer means for the client machine, appended to `events`.
+    /// `this_connection`: the callback answered for the current connection (its frames go now
+    /// or not at all) rather than for the session (its frames are queued and survive
+    /// reconnects). Both shells' drivers use it, so a `Stop` means the same close everywhere.
+    pub fn into_events(self, this_connection: bool, now_ms: u64, events: &mut Vec<client::Event>) {
+        match self {
+            Next::Ok => {}
+            Next::Reply(frames) => {
+                events.extend(frames.into_iter().map(|message| {
+                    if this_connection {
+                        client::Event::SendNow { now_ms, message }
+                    } else {
+                        client::Event::Send { now_ms, message }
+                    }
+                }));
+            }
+            Next::Ready => events.push(client::Event::Ready { now_ms }),
+            Next::Stop => events.push(client::Event::Close {
+                now_ms,
+                code: 1000,
+                reason: String::new(),
+            }),
+        }
+    }
+}
+
 /// The callbacks of a reconnecting client, every one defaulted (Late's behaviour).
 pub trait Handler: Send + 'static {
     /// What `call` carries in.
