@@ -48,6 +48,7 @@ mod b64;
 pub mod cassette;
 pub mod channel;
 pub mod client;
+pub mod cluster;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -195,10 +195,13 @@ pub fn render_bytes(b: &[u8]) -> String {
 pub struct ChannelSetup {
     /// The application's name; the replayer must know it (`spool replay` knows `demo`).
     pub app: String,
-    /// Single node, or cluster-ready `node@cluster`.
+    /// The adapter's label: `single_node`, or `<transport>:<node>@<cluster>`.
     pub adapter: String,
     /// The runtime's configuration.
     pub config: crate::channel::Config,
+    /// In cluster mode, the node's cluster options (its replica included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::Options>,
 }
 
 /// One line of a channel event log: the setup first, then each event with the outbounds it
@@ -262,13 +265,10 @@ pub fn replay_channel(
         match (line, runtime.as_mut()) {
             (ChannelLine::Setup(setup), None) => {
                 let r = router(&setup.app).ok_or(ReplayError::UnknownApp(setup.app.clone()))?;
-                let rt = match setup
-                    .adapter
-                    .strip_prefix("cluster_ready:")
-                    .and_then(|a| a.split_once('@'))
-                {
-                    Some((node, cluster)) => {
-                        Runtime::new_cluster_ready(node, cluster, r, setup.config.clone())
+                let rt = match &setup.cluster {
+                    Some(options) => {
+                        Runtime::new_cluster_ready(options.clone(), r, setup.config.clone())
+                            .map_err(|_| ReplayError::Setup(i + 1))?
                     }
                     None => Runtime::new_single_node(r, setup.config.clone()),
                 };

@@ -183,6 +183,10 @@ impl Hub {
                     app: app.to_string(),
                     adapter: runtime.adapter_label(),
                     config: runtime.config().clone(),
+                    cluster: match runtime.adapter() {
+                        channel::Adapter::Cluster(o) => Some((**o).clone()),
+                        channel::Adapter::SingleNode => None,
+                    },
                 };
                 writeln!(
                     w,

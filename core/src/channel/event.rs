@@ -138,6 +138,25 @@ pub enum Event {
         /// The shell's clock.
         now_ms: u64,
     },
+    /// A message from the cluster's bus, as read (cluster mode; see [`crate::cluster`]).
+    ClusterReceive {
+        /// The shell's clock.
+        now_ms: u64,
+        /// The message.
+        data: Text,
+    },
+    /// The shell's link to the bus came up, first or again: this node publishes its state
+    /// and asks for everyone's, since what was said while the link was down is lost.
+    ClusterUp {
+        /// The shell's clock.
+        now_ms: u64,
+    },
+    /// The node is shutting down: in cluster mode its peers are told, so its presences leave
+    /// at once.
+    Shutdown {
+        /// The shell's clock.
+        now_ms: u64,
+    },
 }
 
 impl Event {
@@ -153,7 +172,10 @@ impl Event {
             | Event::Broadcast { now_ms, .. }
             | Event::Crash { now_ms, .. }
             | Event::Restart { now_ms }
-            | Event::Tick { now_ms } => now_ms,
+            | Event::Tick { now_ms }
+            | Event::ClusterReceive { now_ms, .. }
+            | Event::ClusterUp { now_ms }
+            | Event::Shutdown { now_ms } => now_ms,
         }
     }
 
@@ -170,7 +192,10 @@ impl Event {
             | Event::Broadcast { .. }
             | Event::Crash { .. }
             | Event::Restart { .. }
-            | Event::Tick { .. } => None,
+            | Event::Tick { .. }
+            | Event::ClusterReceive { .. }
+            | Event::ClusterUp { .. }
+            | Event::Shutdown { .. } => None,
         }
     }
 }
@@ -254,6 +279,11 @@ pub enum Outbound {
         /// A short stable label.
         label: String,
     },
+    /// A message for the cluster's bus (cluster mode): publish it on the cluster's channel.
+    ClusterPublish {
+        /// The encoded message.
+        data: Text,
+    },
 }
 
 /// Who an outbound's frame goes to.
@@ -283,7 +313,9 @@ impl Outbound {
             | Outbound::PresenceDiff {
                 recipients, frame, ..
             } => (Recipients::Many(recipients), Some(frame)),
-            Outbound::CloseSocket { .. } | Outbound::System { .. } => (Recipients::None, None),
+            Outbound::CloseSocket { .. }
+            | Outbound::System { .. }
+            | Outbound::ClusterPublish { .. } => (Recipients::None, None),
         }
     }
 }

@@ -274,8 +274,10 @@ impl Runtime {
                 }
                 SocketAction::Track { key, meta } => {
                     let phx_ref = self.new_ref();
-                    match self.presence.track(topic, client, &key, meta, phx_ref) {
+                    let dot = self.next_dot();
+                    match self.presence.track(topic, client, &key, meta, phx_ref, dot) {
                         Ok(diff) => {
+                            self.tracked(topic, &key, &diff, dot);
                             if let Some(m) = self.membership_mut(client, topic) {
                                 m.presence_keys.push(key);
                             }
@@ -286,8 +288,16 @@ impl Runtime {
                 }
                 SocketAction::UpdatePresence { key, meta } => {
                     let phx_ref = self.new_ref();
-                    match self.presence.update(topic, client, &key, meta, phx_ref) {
-                        Ok(diff) => self.presence_diff(topic, diff),
+                    let dot = self.next_dot();
+                    match self
+                        .presence
+                        .update(topic, client, &key, meta, phx_ref, dot)
+                    {
+                        Ok((diff, old_dot)) => {
+                            self.tracked(topic, &key, &diff, dot);
+                            self.untracked(Some(old_dot));
+                            self.presence_diff(topic, diff)
+                        }
                         Err(e) => {
                             self.system(format!("update {} {}: {e}", clip(topic), clip(&key)))
                         }
@@ -297,7 +307,8 @@ impl Runtime {
                     if let Some(m) = self.membership_mut(client, topic) {
                         m.presence_keys.retain(|k| *k != key);
                     }
-                    let diff = self.presence.untrack(topic, client, &key);
+                    let (diff, dot) = self.presence.untrack(topic, client, &key);
+                    self.untracked(dot);
                     self.presence_diff(topic, diff);
                 }
             }
@@ -341,7 +352,8 @@ impl Runtime {
         let topic = m.socket.topic();
         let mut diff = Diff::default();
         for key in &m.presence_keys {
-            let d = self.presence.untrack(topic, client, key);
+            let (d, dot) = self.presence.untrack(topic, client, key);
+            self.untracked(dot);
             diff.leaves.extend(d.leaves);
         }
         self.presence_diff(topic, diff);

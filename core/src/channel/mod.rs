@@ -9,6 +9,7 @@
 //!
 //! What it leaves out: the WebSocket (the `ws` module), sockets and threads (the shells).
 
+mod clustering;
 mod config;
 pub mod demo;
 mod event;

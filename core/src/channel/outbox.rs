@@ -10,7 +10,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 impl Runtime {
     pub(super) fn new_ref(&mut self) -> String {
         self.next_ref += 1;
-        format!("{}-{}", self.config.node, self.next_ref)
+        format!("{}-{}", self.ref_prefix, self.next_ref)
     }
 
     pub(super) fn system(&mut self, label: String) {
@@ -67,9 +67,24 @@ impl Runtime {
         }
     }
 
-    /// Fastlane: one frame for every subscriber, unless the topic's handler intercepts the
-    /// event, in which case each subscriber's `handle_out` decides its own push.
+    /// A broadcast made on this node: to its subscribers, and to the other nodes' in cluster
+    /// mode.
     pub(super) fn broadcast(
+        &mut self,
+        topic: &str,
+        event: &str,
+        payload: &Payload,
+        except: Option<ClientId>,
+    ) {
+        if let Some(c) = self.cluster.as_mut() {
+            c.broadcast(topic, event, payload);
+        }
+        self.deliver_broadcast(topic, event, payload, except);
+    }
+
+    /// Fastlane: one frame for every subscriber here, unless the topic's handler intercepts the
+    /// event, in which case each subscriber's `handle_out` decides its own push.
+    pub(super) fn deliver_broadcast(
         &mut self,
         topic: &str,
         event: &str,

@@ -20,21 +20,18 @@ use super::membership::Client;
 use super::protocol::{self, Message};
 use super::router::Router;
 use super::subscribers::Subscribers;
+use crate::cluster::{self, state::Cluster};
 use crate::hash::{HashMap, new_map};
 use crate::presence::{self, Tracker};
 
-/// Where broadcasts go beyond this node.
+/// Where broadcasts and presences go beyond this node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Adapter {
     /// This node only.
     SingleNode,
-    /// Ready to join a cluster: named node in a named cluster.
-    ClusterReady {
-        /// This node's id.
-        node_id: String,
-        /// The cluster's name.
-        cluster: String,
-    },
+    /// A node of a cluster: broadcasts and presence deltas go out as
+    /// [`Outbound::ClusterPublish`], and come in as [`Event::ClusterReceive`].
+    Cluster(Box<cluster::Options>),
 }
 
 /// The channel runtime. Feed it [`Event`]s; deliver its [`Outbound`]s.
@@ -67,6 +64,10 @@ pub struct Runtime {
     /// The latest `now_ms` seen: time never goes backwards.
     pub(super) now_ms: u64,
     pub(super) deadlines: Deadlines,
+    /// In cluster mode: what this node knows of the others.
+    pub(super) cluster: Option<Cluster>,
+    /// What every `phx_ref` made here starts with: unique per node, and per boot in a cluster.
+    pub(super) ref_prefix: String,
 }
 
 impl Runtime {
@@ -75,23 +76,39 @@ impl Runtime {
         Runtime::new(router, config, Adapter::SingleNode)
     }
 
-    /// A runtime that knows its node and cluster names, for cluster mode.
+    /// A runtime for one node of a cluster: its broadcasts reach every node's subscribers and
+    /// its presences every node's clients, through the bus its shell connects (see
+    /// [`crate::cluster`]). The shell publishes each [`Outbound::ClusterPublish`], hands every
+    /// bus message to [`Event::ClusterReceive`], sends [`Event::ClusterUp`] each time its link
+    /// comes up, [`Event::Shutdown`] before it stops, and ticks at [`Runtime::next_deadline`].
+    ///
+    /// # Errors
+    /// When the options do not hold together ([`cluster::Options::validate`]).
     pub fn new_cluster_ready(
-        node_id: &str,
-        cluster: &str,
+        options: cluster::Options,
         router: Router,
         config: Config,
-    ) -> Runtime {
-        let adapter = Adapter::ClusterReady {
-            node_id: node_id.into(),
-            cluster: cluster.into(),
-        };
-        Runtime::new(router, config, adapter)
+    ) -> Result<Runtime, cluster::OptionsError> {
+        options.validate().map_err(cluster::OptionsError)?;
+        Ok(Runtime::new(
+            router,
+            config,
+            Adapter::Cluster(Box::new(options)),
+        ))
     }
 
     fn new(router: Router, config: Config, adapter: Adapter) -> Runtime {
         let seed = config.hash_seed;
+        let (cluster, ref_prefix) = match &adapter {
+            Adapter::SingleNode => (None, config.node.clone()),
+            Adapter::Cluster(o) => {
+                let prefix = format!("{}.{:x}", o.replica.node, o.replica.boot);
+                (Some(Cluster::new((**o).clone())), prefix)
+            }
+        };
         Runtime {
+            cluster,
+            ref_prefix,
             presence: Tracker::new(seed, config.max_presences_per_topic),
             clients: new_map(seed),
             topics: new_map(seed),
@@ -142,11 +159,23 @@ impl Runtime {
     }
 
     /// When the runtime wants an [`Event::Tick`]: the earliest heartbeat deadline of a socket
-    /// (`heartbeat_timeout_ms` after the last event that socket sent), or `None`. It may be
-    /// early; a tick before a socket's real deadline does nothing to it.
+    /// (`heartbeat_timeout_ms` after the last event that socket sent), or in cluster mode the
+    /// next heartbeat to send or peer to declare down, or `None`. It may be early; a tick
+    /// before a deadline does nothing.
     pub fn next_deadline(&self) -> Option<u64> {
-        self.config.heartbeat_timeout_ms?;
-        self.deadlines.next()
+        let sockets = self
+            .config
+            .heartbeat_timeout_ms
+            .and_then(|_| self.deadlines.next());
+        match (sockets, self.cluster_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// In cluster mode: `(replicas known, replicas up)` besides this one.
+    pub fn cluster_replicas(&self) -> Option<(usize, usize)> {
+        self.cluster.as_ref().map(|c| c.replicas())
     }
 
     /// Whether the runtime crashed and awaits [`Event::Restart`].
@@ -154,14 +183,19 @@ impl Runtime {
         self.crashed
     }
 
-    /// `single_node`, or `cluster_ready:<node>@<cluster>`.
+    /// `single_node`, or `<transport>:<node>@<cluster>` (`redis:n1@prod`).
     pub fn adapter_label(&self) -> String {
         match &self.adapter {
             Adapter::SingleNode => "single_node".into(),
-            Adapter::ClusterReady { node_id, cluster } => {
-                format!("cluster_ready:{node_id}@{cluster}")
+            Adapter::Cluster(o) => {
+                format!("{}:{}@{}", o.transport, o.replica.node, o.cluster)
             }
         }
+    }
+
+    /// The adapter: single node, or cluster with its options.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
     }
 
     /// A stable name for an event, for logs and metrics.
@@ -177,6 +211,9 @@ impl Runtime {
             Event::Crash { .. } => "crash",
             Event::Restart { .. } => "restart",
             Event::Tick { .. } => "tick",
+            Event::ClusterReceive { .. } => "cluster_receive",
+            Event::ClusterUp { .. } => "cluster_up",
+            Event::Shutdown { .. } => "shutdown",
         }
     }
 
@@ -189,6 +226,7 @@ impl Runtime {
             Outbound::PresenceDiff { .. } => "presence_diff",
             Outbound::CloseSocket { .. } => "close_socket",
             Outbound::System { .. } => "system",
+            Outbound::ClusterPublish { .. } => "cluster_publish",
         }
     }
 
@@ -271,8 +309,15 @@ impl Runtime {
                 self.crashed = false;
                 self.system("restarted".into());
             }
-            Event::Tick { .. } => self.on_tick(),
+            Event::Tick { .. } => {
+                self.on_tick();
+                self.cluster_tick();
+            }
+            Event::ClusterReceive { data, .. } => self.on_cluster_receive(&data),
+            Event::ClusterUp { .. } => self.on_cluster_up(),
+            Event::Shutdown { .. } => self.on_shutdown(),
         }
+        self.flush_cluster();
     }
 
     /// Takes everything produced since the last flush, in the order it was produced.

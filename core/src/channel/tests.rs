@@ -375,8 +375,11 @@ fn intercepted_broadcasts_go_through_handle_out_per_subscriber() {
 
 #[test]
 fn labels_and_adapters() {
-    let rt = Runtime::new_cluster_ready("n1", "prod", Router::new(), Config::with_seed(1));
-    assert_eq!(rt.adapter_label(), "cluster_ready:n1@prod");
+    let options = crate::cluster::Options::new("prod", "n1", 7).transport("redis");
+    let rt = Runtime::new_cluster_ready(options, Router::new(), Config::with_seed(1)).unwrap();
+    assert_eq!(rt.adapter_label(), "redis:n1@prod");
+    let bad = crate::cluster::Options::new("prod", "", 7);
+    assert!(Runtime::new_cluster_ready(bad, Router::new(), Config::with_seed(1)).is_err());
     assert_eq!(runtime().adapter_label(), "single_node");
     assert_eq!(
         Runtime::event_label(&Event::Restart { now_ms: 0 }),

@@ -3,8 +3,10 @@
 //! The shape is Phoenix's: a topic's state is `{key: {"metas": [meta, ..]}}`, one key (a user)
 //! may carry several metas (devices), and each meta has a unique opaque `phx_ref`. A change is
 //! a [`Diff`] of joins and leaves; an update is a leave of the old meta and a join of the new one
-//! carrying `phx_ref_prev`. This tracker is the single-node one: the connection that tracked a
-//! presence owns it, and it leaves when the connection leaves the topic.
+//! carrying `phx_ref_prev`. A presence tracked here is owned by the connection that tracked it,
+//! and leaves when the connection leaves the topic; in cluster mode the tracker also holds the
+//! presences other nodes own, as [`crate::cluster`] learns of them. Every presence carries the
+//! dot (its owner's clock) it was tracked under, which is how cluster deltas name it.
 
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
@@ -102,6 +104,20 @@ impl Diff {
         Value::Object(m)
     }
 
+    /// Appends `other`'s joins and leaves to this diff's.
+    pub fn extend(&mut self, other: Diff) {
+        for e in other.joins {
+            for m in e.metas {
+                Diff::add(&mut self.joins, &e.key, m);
+            }
+        }
+        for e in other.leaves {
+            for m in e.metas {
+                Diff::add(&mut self.leaves, &e.key, m);
+            }
+        }
+    }
+
     fn add(list: &mut Vec<Entry>, key: &str, meta: Meta) {
         match list.iter_mut().find(|e| e.key == key) {
             Some(e) => e.metas.push(meta),
@@ -192,10 +208,20 @@ impl std::fmt::Display for PresenceError {
 
 impl std::error::Error for PresenceError {}
 
+/// Who owns a presence: a socket of this node, or another node's replica (numbered by
+/// [`crate::cluster`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Local(ClientId),
+    Remote(u64),
+}
+
 /// One tracked presence.
 #[derive(Clone, Debug)]
 struct Tracked {
-    owner: ClientId,
+    owner: Owner,
+    /// The owner's clock when it tracked this presence.
+    dot: u64,
     meta: Meta,
 }
 
@@ -224,7 +250,8 @@ impl Tracker {
         }
     }
 
-    /// Tracks `key` on `topic` for `owner`, with a fresh `phx_ref`.
+    /// Tracks `key` on `topic` for `owner`, with a fresh `phx_ref`, under `dot` (the node's
+    /// clock for this change; any number on a single node).
     ///
     /// # Errors
     /// [`PresenceError::AlreadyTracked`] when the owner tracks the key already;
@@ -236,6 +263,35 @@ impl Tracker {
         key: &str,
         fields: Map<String, Value>,
         phx_ref: String,
+        dot: u64,
+    ) -> Result<Diff, PresenceError> {
+        let meta = Meta {
+            phx_ref,
+            phx_ref_prev: None,
+            fields,
+        };
+        self.insert(topic, key, Owner::Local(owner), dot, meta)
+    }
+
+    /// Adds a presence another node owns.
+    pub(crate) fn insert_remote(
+        &mut self,
+        topic: &str,
+        key: &str,
+        replica: u64,
+        dot: u64,
+        meta: Meta,
+    ) -> Result<Diff, PresenceError> {
+        self.insert(topic, key, Owner::Remote(replica), dot, meta)
+    }
+
+    fn insert(
+        &mut self,
+        topic: &str,
+        key: &str,
+        owner: Owner,
+        dot: u64,
+        meta: Meta,
     ) -> Result<Diff, PresenceError> {
         let seed = self.seed;
         let t = self
@@ -245,22 +301,20 @@ impl Tracker {
                 keys: new_map(seed),
                 count: 0,
             });
-        if t.keys
-            .get(key)
-            .is_some_and(|v| v.iter().any(|p| p.owner == owner))
-        {
+        // A remote replica's presences are told apart by their dots, a socket's by their key.
+        let taken = |p: &Tracked| match owner {
+            Owner::Local(_) => p.owner == owner,
+            Owner::Remote(_) => p.owner == owner && p.dot == dot,
+        };
+        if t.keys.get(key).is_some_and(|v| v.iter().any(taken)) {
             return Err(PresenceError::AlreadyTracked);
         }
         if t.count >= self.max_per_topic {
             return Err(PresenceError::Full);
         }
-        let meta = Meta {
-            phx_ref,
-            phx_ref_prev: None,
-            fields,
-        };
         t.keys.entry(key.to_string()).or_default().push(Tracked {
             owner,
+            dot,
             meta: meta.clone(),
         });
         t.count += 1;
@@ -270,7 +324,8 @@ impl Tracker {
     }
 
     /// Replaces the fields of `owner`'s presence of `key`: a leave of the old meta and a join of
-    /// the new one, which carries `phx_ref_prev`.
+    /// the new one, which carries `phx_ref_prev`, under `dot`. Returns the diff and the dot the
+    /// old meta had.
     ///
     /// # Errors
     /// [`PresenceError::NoPresence`] when the owner does not track the key.
@@ -281,14 +336,17 @@ impl Tracker {
         key: &str,
         fields: Map<String, Value>,
         phx_ref: String,
-    ) -> Result<Diff, PresenceError> {
+        dot: u64,
+    ) -> Result<(Diff, u64), PresenceError> {
         let tracked = self
             .topics
             .get_mut(topic)
             .and_then(|t| t.keys.get_mut(key))
-            .and_then(|v| v.iter_mut().find(|p| p.owner == owner))
+            .and_then(|v| v.iter_mut().find(|p| p.owner == Owner::Local(owner)))
             .ok_or(PresenceError::NoPresence)?;
         let old = tracked.meta.clone();
+        let old_dot = tracked.dot;
+        tracked.dot = dot;
         tracked.meta = Meta {
             phx_ref,
             phx_ref_prev: Some(old.phx_ref.clone()),
@@ -297,19 +355,37 @@ impl Tracker {
         let mut diff = Diff::default();
         Diff::add(&mut diff.leaves, key, old);
         Diff::add(&mut diff.joins, key, tracked.meta.clone());
-        Ok(diff)
+        Ok((diff, old_dot))
     }
 
-    /// Removes `owner`'s presence of `key` on `topic`.
-    pub fn untrack(&mut self, topic: &str, owner: ClientId, key: &str) -> Diff {
+    /// Removes `owner`'s presence of `key` on `topic`: the diff, and the dot it had.
+    pub fn untrack(&mut self, topic: &str, owner: ClientId, key: &str) -> (Diff, Option<u64>) {
+        self.remove(topic, key, |p| p.owner == Owner::Local(owner))
+    }
+
+    /// Removes the presence of `key` on `topic` that `replica` tracked under `dot`.
+    pub(crate) fn remove_remote(&mut self, topic: &str, key: &str, replica: u64, dot: u64) -> Diff {
+        let owner = Owner::Remote(replica);
+        self.remove(topic, key, |p| p.owner == owner && p.dot == dot)
+            .0
+    }
+
+    fn remove(
+        &mut self,
+        topic: &str,
+        key: &str,
+        is_it: impl Fn(&Tracked) -> bool,
+    ) -> (Diff, Option<u64>) {
         let mut diff = Diff::default();
+        let mut dot = None;
         let Some(t) = self.topics.get_mut(topic) else {
-            return diff;
+            return (diff, dot);
         };
         if let Some(list) = t.keys.get_mut(key) {
-            if let Some(i) = list.iter().position(|p| p.owner == owner) {
+            if let Some(i) = list.iter().position(is_it) {
                 let gone = list.remove(i);
                 t.count -= 1;
+                dot = Some(gone.dot);
                 Diff::add(&mut diff.leaves, key, gone.meta);
             }
             if list.is_empty() {
@@ -319,7 +395,7 @@ impl Tracker {
         if t.count == 0 {
             self.topics.remove(topic);
         }
-        diff
+        (diff, dot)
     }
 
     /// Every presence of `topic`, keys sorted, metas in the order tracked.
@@ -370,6 +446,7 @@ mod tests {
                 "alice",
                 fields(json!({"name": "A"})),
                 "r1".into(),
+                1,
             )
             .unwrap();
         assert_eq!(
@@ -377,22 +454,24 @@ mod tests {
             json!({"joins": {"alice": {"metas": [{"name": "A", "phx_ref": "r1"}]}}, "leaves": {}})
         );
         assert_eq!(
-            t.track("room", a, "alice", Map::new(), "r2".into()),
+            t.track("room", a, "alice", Map::new(), "r2".into(), 2),
             Err(PresenceError::AlreadyTracked)
         );
-        t.track("room", ClientId(2), "alice", Map::new(), "r3".into())
+        t.track("room", ClientId(2), "alice", Map::new(), "r3".into(), 3)
             .unwrap();
         assert_eq!(t.list("room")[0].metas.len(), 2, "one key, two devices");
 
-        let d = t
+        let (d, old_dot) = t
             .update(
                 "room",
                 a,
                 "alice",
                 fields(json!({"name": "B"})),
                 "r4".into(),
+                4,
             )
             .unwrap();
+        assert_eq!(old_dot, 1);
         assert_eq!(
             d.to_json(),
             json!({
@@ -400,13 +479,14 @@ mod tests {
                 "leaves": {"alice": {"metas": [{"name": "A", "phx_ref": "r1"}]}}
             })
         );
-        let d = t.untrack("room", a, "alice");
+        let (d, dot) = t.untrack("room", a, "alice");
         assert_eq!(d.leaves[0].metas[0].phx_ref, "r4");
+        assert_eq!(dot, Some(4));
         assert_eq!(t.count("room"), 1);
         t.untrack("room", ClientId(2), "alice");
         assert_eq!(t.state_json("room"), json!({}));
         assert_eq!(
-            t.update("room", a, "alice", Map::new(), "r5".into()),
+            t.update("room", a, "alice", Map::new(), "r5".into(), 5),
             Err(PresenceError::NoPresence)
         );
     }
@@ -414,10 +494,24 @@ mod tests {
     #[test]
     fn diffs_read_back_what_they_write() {
         let mut t = Tracker::new(1, 10);
-        t.track("x", ClientId(1), "a", fields(json!({"n": 1})), "1".into())
-            .unwrap();
-        let d = t
-            .update("x", ClientId(1), "a", fields(json!({"n": 2})), "2".into())
+        t.track(
+            "x",
+            ClientId(1),
+            "a",
+            fields(json!({"n": 1})),
+            "1".into(),
+            1,
+        )
+        .unwrap();
+        let (d, _) = t
+            .update(
+                "x",
+                ClientId(1),
+                "a",
+                fields(json!({"n": 2})),
+                "2".into(),
+                2,
+            )
             .unwrap();
         let back: Diff = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
@@ -426,12 +520,12 @@ mod tests {
     #[test]
     fn a_full_topic_refuses_more() {
         let mut t = Tracker::new(1, 2);
-        t.track("x", ClientId(1), "a", Map::new(), "1".into())
+        t.track("x", ClientId(1), "a", Map::new(), "1".into(), 1)
             .unwrap();
-        t.track("x", ClientId(2), "b", Map::new(), "2".into())
+        t.track("x", ClientId(2), "b", Map::new(), "2".into(), 2)
             .unwrap();
         assert_eq!(
-            t.track("x", ClientId(3), "c", Map::new(), "3".into()),
+            t.track("x", ClientId(3), "c", Map::new(), "3".into(), 3),
             Err(PresenceError::Full)
         );
     }
