@@ -241,7 +241,11 @@ impl ChannelHandler for FuzzRoom {
     }
 
     fn handle_out(&self, _event: &str, payload: &Payload, socket: &mut Socket) -> Option<Payload> {
-        (socket.client_id().0 % 2 == 0).then(|| payload.clone())
+        socket
+            .client_id()
+            .0
+            .is_multiple_of(2)
+            .then(|| payload.clone())
     }
 
     fn terminate(&self, reason: &str, socket: &mut Socket) {

@@ -35,6 +35,41 @@ pub struct ChatOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Origins allowed besides the request's own host; see [`OriginCheck`].
     pub allowed_origins: Vec<AllowedOrigin>,
+    /// Join a cluster over Redis; `None` serves one node with no Redis.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// How a `spool serve` node joins its cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The Redis server, `redis://127.0.0.1:6379`.
+    pub redis_url: String,
+    /// The cluster's name: nodes with the same name share topics and presence.
+    pub cluster: String,
+    /// This node's id, unique in the cluster and stable across restarts.
+    pub node_id: String,
+    /// How often this node tells the others it is alive (default 1,500 ms).
+    pub heartbeat_interval_ms: u64,
+    /// A node silent this long is down and its presences leave (default 30,000 ms).
+    pub down_after_ms: u64,
+    /// A node silent this long is forgotten (default 20 minutes).
+    pub permdown_after_ms: u64,
+}
+
+impl ClusterOptions {
+    /// Node `node_id` of `cluster` over the Redis at `redis_url`, with Phoenix.Tracker's
+    /// periods.
+    pub fn new(redis_url: &str, cluster: &str, node_id: &str) -> ClusterOptions {
+        let defaults = spool_core::cluster::Options::new(cluster, node_id, 0);
+        ClusterOptions {
+            redis_url: redis_url.into(),
+            cluster: cluster.into(),
+            node_id: node_id.into(),
+            heartbeat_interval_ms: defaults.heartbeat_interval_ms,
+            down_after_ms: defaults.down_after_ms,
+            permdown_after_ms: defaults.permdown_after_ms,
+        }
+    }
 }
 
 impl Default for ChatOptions {
@@ -45,6 +80,7 @@ impl Default for ChatOptions {
             record: None,
             tls: None,
             allowed_origins: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -58,6 +94,8 @@ pub enum ServeError {
     Hub(std::io::Error),
     /// The server could not start on this address.
     Start(String, StartError),
+    /// The cluster options do not hold together, or the Redis URL is not one.
+    Cluster(String),
 }
 
 impl fmt::Display for ServeError {
@@ -68,6 +106,7 @@ impl fmt::Display for ServeError {
             }
             ServeError::Hub(e) => write!(f, "cannot start the channel hub: {e}"),
             ServeError::Start(bind, e) => write!(f, "cannot start the server on {bind}: {e}"),
+            ServeError::Cluster(e) => write!(f, "cannot join the cluster: {e}"),
         }
     }
 }
@@ -77,6 +116,7 @@ impl std::error::Error for ServeError {
         match self {
             ServeError::Record(_, e) | ServeError::Hub(e) => Some(e),
             ServeError::Start(_, e) => Some(e),
+            ServeError::Cluster(_) => None,
         }
     }
 }
@@ -138,8 +178,31 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
         node: format!("spool{}", std::process::id()),
         ..channel::Config::with_seed(spool_std::channels::hash_seed())
     };
-    let runtime = Runtime::new_single_node(router(), config);
-    let hub = Arc::new(Hub::start(runtime, APP, options.record).map_err(ServeError::Hub)?);
+    let hub = match &options.cluster {
+        None => {
+            let runtime = Runtime::new_single_node(router(), config);
+            Hub::start(runtime, APP, options.record)
+        }
+        Some(c) => {
+            let cluster = spool_core::cluster::Options {
+                heartbeat_interval_ms: c.heartbeat_interval_ms,
+                down_after_ms: c.down_after_ms,
+                permdown_after_ms: c.permdown_after_ms,
+                ..spool_core::cluster::Options::new(
+                    &c.cluster,
+                    &c.node_id,
+                    spool_std::cluster::boot_id(),
+                )
+                .transport("redis")
+            };
+            let runtime = Runtime::new_cluster_ready(cluster, router(), config)
+                .map_err(|e| ServeError::Cluster(e.to_string()))?;
+            let bus = spool_std::cluster::RedisBus::new(&c.redis_url, &c.cluster)
+                .map_err(|e| ServeError::Cluster(e.to_string()))?;
+            Hub::start_clustered(runtime, APP, options.record, Box::new(bus))
+        }
+    };
+    let hub = Arc::new(hub.map_err(ServeError::Hub)?);
     let pages = Box::new(|request: &Request| match request.path() {
         "/" | "/index.html" => Some(HttpResponse::new(
             200,

@@ -77,7 +77,39 @@ struct ServeArgs {
     #[arg(long, value_name = "ORIGIN")]
     allow_origin: Vec<AllowedOrigin>,
     #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
     stop: StopArgs,
+}
+
+/// Cluster mode: several `spool serve` nodes share topics and presence through Redis.
+#[derive(Args)]
+struct ClusterArgs {
+    /// Join a cluster through this Redis server (redis://127.0.0.1:6379). Without it the
+    /// server is a single node and needs no Redis.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// The cluster's name: nodes of one cluster share one Redis channel.
+    #[arg(long, value_name = "NAME", default_value = "spool", requires = "redis")]
+    cluster: String,
+    /// This node's id, unique in the cluster and the same across its restarts
+    /// [default: HOST:PORT].
+    #[arg(long, value_name = "ID", requires = "redis")]
+    node_id: Option<String>,
+    /// How often this node tells the others it is alive.
+    #[arg(long, value_name = "MS", default_value_t = 1_500, requires = "redis")]
+    heartbeat_ms: u64,
+    /// A node not heard from this long is down: its presences leave.
+    #[arg(long, value_name = "MS", default_value_t = 30_000, requires = "redis")]
+    down_after_ms: u64,
+    /// A node not heard from this long is forgotten.
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 1_200_000,
+        requires = "redis"
+    )]
+    permdown_after_ms: u64,
 }
 
 #[derive(Args)]
@@ -213,11 +245,27 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         ("http", "ws")
     };
+    let bind = join_host_port(&args.host, args.port);
+    let c = &args.cluster;
+    let cluster = c
+        .redis
+        .as_ref()
+        .map(|url| spool_smol::chat::ClusterOptions {
+            heartbeat_interval_ms: c.heartbeat_ms,
+            down_after_ms: c.down_after_ms,
+            permdown_after_ms: c.permdown_after_ms,
+            ..spool_smol::chat::ClusterOptions::new(
+                url,
+                &c.cluster,
+                c.node_id.as_deref().unwrap_or(&bind),
+            )
+        });
     let options = spool_smol::chat::ChatOptions {
-        bind: join_host_port(&args.host, args.port),
+        bind,
         record: args.record.clone(),
         tls,
         allowed_origins: args.allow_origin,
+        cluster,
     };
     let server = spool_smol::chat::serve(options).map_err(|e| e.to_string())?;
     let addr = server.local_addr();
@@ -230,6 +278,12 @@ fn serve(args: ServeArgs) -> Result<(), String> {
     announce(format!(
         "spool serve: live views at {http}://{addr}/live-demo and {http}://{addr}/dashboard"
     ));
+    if let Some(url) = &args.cluster.redis {
+        announce(format!(
+            "spool serve: cluster {} through {url}",
+            args.cluster.cluster
+        ));
+    }
     let live = server.live_connections();
     stop_on_signal(signals, args.stop.grace_ms, &live, move || {
         server.shutdown()

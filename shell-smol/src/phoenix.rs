@@ -511,10 +511,10 @@ impl Handler for PhoenixHandler {
                 sinks,
                 answer,
             } => {
-                if let Some(old) = self.channels.remove(&topic) {
-                    if let Some(waiter) = old.waiter {
-                        let _ = waiter.try_send(Err(JoinError::Closed));
-                    }
+                if let Some(old) = self.channels.remove(&topic)
+                    && let Some(waiter) = old.waiter
+                {
+                    let _ = waiter.try_send(Err(JoinError::Closed));
                 }
                 self.channels.insert(
                     topic.clone(),

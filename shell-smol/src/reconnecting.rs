@@ -348,23 +348,23 @@ impl<H: Handler> Driver<H> {
                 if self.deadline.poll_fired(cx).is_ready() {
                     return Poll::Ready(Wake::Tick);
                 }
-                if let Some(f) = self.connecting.as_mut() {
-                    if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                        self.connecting = None;
-                        return Poll::Ready(Wake::Connected(r));
-                    }
+                if let Some(f) = self.connecting.as_mut()
+                    && let Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    self.connecting = None;
+                    return Poll::Ready(Wake::Connected(r));
                 }
-                if let Some(f) = self.securing.as_mut() {
-                    if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                        self.securing = None;
-                        return Poll::Ready(Wake::Secured(r));
-                    }
+                if let Some(f) = self.securing.as_mut()
+                    && let Poll::Ready(r) = f.as_mut().poll(cx)
+                {
+                    self.securing = None;
+                    return Poll::Ready(Wake::Secured(r));
                 }
                 if let Some(stream) = self.stream.as_mut() {
-                    if !self.outgoing.is_empty() {
-                        if let Poll::Ready(Err(_)) = poll_write(&mut self.outgoing, stream, cx) {
-                            return Poll::Ready(Wake::WriteFailed);
-                        }
+                    if !self.outgoing.is_empty()
+                        && let Poll::Ready(Err(_)) = poll_write(&mut self.outgoing, stream, cx)
+                    {
+                        return Poll::Ready(Wake::WriteFailed);
                     }
                     if let Poll::Ready(r) = poll_read(stream, cx) {
                         return Poll::Ready(Wake::Read(r));
@@ -373,10 +373,8 @@ impl<H: Handler> Driver<H> {
                 if let Poll::Ready(Some((id, value))) = reply_inbox.as_mut().poll_next(cx) {
                     return Poll::Ready(Wake::Reply(id, value));
                 }
-                if take_commands {
-                    if let Poll::Ready(c) = inbox.as_mut().poll_next(cx) {
-                        return Poll::Ready(Wake::Command(c));
-                    }
+                if take_commands && let Poll::Ready(c) = inbox.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Command(c));
                 }
                 // Every source that is not ready registered this task's waker.
                 Poll::Pending
@@ -511,11 +509,11 @@ impl<H: Handler> Driver<H> {
 
     fn step_one(&mut self, event: Event) {
         tracing::trace!(?event, "client event");
-        if let Some(file) = self.recorder.as_mut() {
-            if let Err(e) = write_line(file, &ClientLine::Event(event.clone())) {
-                tracing::warn!("recording stopped: {e}");
-                self.recorder = None;
-            }
+        if let Some(file) = self.recorder.as_mut()
+            && let Err(e) = write_line(file, &ClientLine::Event(event.clone()))
+        {
+            tracing::warn!("recording stopped: {e}");
+            self.recorder = None;
         }
         for outbound in self.core.handle(event) {
             tracing::trace!(?outbound, "client outbound");

@@ -635,18 +635,14 @@ async fn drive<H: tcp::Handler, S: Socket>(
                     Poll::Pending => unflushed = true,
                 }
             }
-            if user_first {
-                if let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
-                    return Poll::Ready(Wake::User(u));
-                }
+            if user_first && let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+                return Poll::Ready(Wake::User(u));
             }
             if let Poll::Ready(r) = poll_read(stream, cx) {
                 return Poll::Ready(Wake::Read(r));
             }
-            if !user_first {
-                if let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
-                    return Poll::Ready(Wake::User(u));
-                }
+            if !user_first && let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+                return Poll::Ready(Wake::User(u));
             }
             Poll::Pending
         })

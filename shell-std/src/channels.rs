@@ -20,6 +20,7 @@ use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
 
 use crate::clock::Clock;
+use crate::cluster::{ClusterBus, Inbox};
 use crate::handler::{
     Conn, Handler, HttpResponse, Incoming, Mailbox, MailboxError, Next, Rejection,
 };
@@ -86,7 +87,9 @@ impl HubInput {
     fn is_bounded(&self) -> bool {
         matches!(self, HubInput::Event(e) if !matches!(
             e,
-            channel::Event::Connect { .. } | channel::Event::Disconnect { .. }
+            channel::Event::Connect { .. }
+                | channel::Event::Disconnect { .. }
+                | channel::Event::ClusterUp { .. }
         ))
     }
 }
@@ -162,6 +165,35 @@ pub struct Hub {
     clock: Clock,
 }
 
+/// How long a stopping hub lets its cluster bus publish the goodbye and what was queued.
+pub const BUS_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The bus's way into the hub.
+struct HubInbox {
+    queue: Arc<HubQueue>,
+    clock: Clock,
+}
+
+impl Inbox for HubInbox {
+    fn receive(&self, data: spool_core::ws::Text) {
+        let event = channel::Event::ClusterReceive {
+            now_ms: self.clock.now_ms(),
+            data,
+        };
+        if self.queue.push(HubInput::Event(event)).is_err() {
+            // The core finds the gap and asks for the sender's state again.
+            tracing::warn!("the channel hub's queue is full; a cluster message dropped");
+        }
+    }
+
+    fn link_up(&self) {
+        let event = channel::Event::ClusterUp {
+            now_ms: self.clock.now_ms(),
+        };
+        let _ = self.queue.push(HubInput::Event(event));
+    }
+}
+
 /// A socket as the hub holds it: its mailbox, and the flag that tells it it was cut off.
 struct Member {
     mailbox: Mailbox<ToSocket>,
@@ -175,7 +207,32 @@ impl Hub {
     ///
     /// # Errors
     /// When the record file cannot be created or the thread cannot start.
-    pub fn start(mut runtime: Runtime, app: &str, record: Option<PathBuf>) -> std::io::Result<Hub> {
+    pub fn start(runtime: Runtime, app: &str, record: Option<PathBuf>) -> std::io::Result<Hub> {
+        Hub::start_with_bus(runtime, app, record, None)
+    }
+
+    /// Starts the hub of a cluster node: `runtime` made by `Runtime::new_cluster_ready`, and
+    /// the bus that carries its messages to the other nodes ([`crate::cluster::RedisBus`]).
+    /// The hub starts the bus, publishes what the runtime asks, and when dropped says goodbye
+    /// to the cluster and gives the bus [`BUS_STOP_GRACE`] to publish it.
+    ///
+    /// # Errors
+    /// When the record file cannot be created or the thread cannot start.
+    pub fn start_clustered(
+        runtime: Runtime,
+        app: &str,
+        record: Option<PathBuf>,
+        bus: Box<dyn ClusterBus>,
+    ) -> std::io::Result<Hub> {
+        Hub::start_with_bus(runtime, app, record, Some(bus))
+    }
+
+    fn start_with_bus(
+        mut runtime: Runtime,
+        app: &str,
+        record: Option<PathBuf>,
+        mut bus: Option<Box<dyn ClusterBus>>,
+    ) -> std::io::Result<Hub> {
         let mut recorder = match record {
             Some(path) => {
                 let mut w = BufWriter::new(File::create(path)?);
@@ -208,6 +265,12 @@ impl Hub {
             capacity: HUB_QUEUE_CAPACITY,
         });
         let failed = Arc::new(AtomicBool::new(false));
+        if let Some(bus) = bus.as_mut() {
+            bus.start(Arc::new(HubInbox {
+                queue: queue.clone(),
+                clock,
+            }));
+        }
         let thread = {
             let (queue, failed) = (queue.clone(), failed.clone());
             std::thread::Builder::new()
@@ -224,7 +287,20 @@ impl Hub {
                             None => channel::Event::Tick {
                                 now_ms: clock.now_ms(),
                             },
-                            Some(HubInput::Stop) => break,
+                            Some(HubInput::Stop) => {
+                                if let Some(bus) = bus.as_mut() {
+                                    let shutdown = channel::Event::Shutdown {
+                                        now_ms: clock.now_ms(),
+                                    };
+                                    for o in runtime.handle(shutdown) {
+                                        if let Outbound::ClusterPublish { data } = o {
+                                            bus.publish(data);
+                                        }
+                                    }
+                                    bus.stop(BUS_STOP_GRACE);
+                                }
+                                break;
+                            }
                             Some(HubInput::Connect(id, mailbox, evicted)) => {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
@@ -261,6 +337,19 @@ impl Hub {
                             break;
                         };
                         let evicted = deliver(&outbounds, &members);
+                        if let Some(bus) = bus.as_mut() {
+                            for o in &outbounds {
+                                match o {
+                                    Outbound::ClusterPublish { data } => bus.publish(data.clone()),
+                                    // What the cluster says of its nodes (joined, down, lost
+                                    // messages) is worth a line in the log.
+                                    Outbound::System { label } if label.starts_with("cluster:") => {
+                                        tracing::info!("{label}");
+                                    }
+                                    _ => {}
+                                }
+                            }
+                        }
                         if let Some(w) = recorder.as_mut() {
                             let line = ChannelLine::Step { event, outbounds };
                             // A full disk stops the recording, not the server.

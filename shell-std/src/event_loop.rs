@@ -521,11 +521,11 @@ impl<H: tcp::Handler> Loop<H> {
                 Some(Duration::ZERO)
             };
             events.clear();
-            if let Err(e) = self.me.poller.wait(&mut events, timeout) {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    tracing::error!("poller wait failed: {e}");
-                    thread::sleep(Duration::from_millis(10));
-                }
+            if let Err(e) = self.me.poller.wait(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::error!("poller wait failed: {e}");
+                thread::sleep(Duration::from_millis(10));
             }
             for event in events.iter() {
                 if event.key == LISTENER {
@@ -762,10 +762,10 @@ impl<H: tcp::Handler> Loop<H> {
                 slot.user(&self.shared.handler, message, now, &mut entry.out);
                 // Write as the batch grows, so that a burst from a mailbox is not mistaken for
                 // a backlog the peer failed to read.
-                if entry.out.unsent() > self.shared.limits.max_unsent_bytes / 2 {
-                    if let Err(e) = write(entry) {
-                        tracing::debug!(peer = %entry.peer, "write failed: {e}");
-                    }
+                if entry.out.unsent() > self.shared.limits.max_unsent_bytes / 2
+                    && let Err(e) = write(entry)
+                {
+                    tracing::debug!(peer = %entry.peer, "write failed: {e}");
                 }
                 if touched.last() != Some(&key) {
                     touched.push(key);
@@ -785,11 +785,9 @@ impl<H: tcp::Handler> Loop<H> {
         if !self.entries.contains(key) {
             return;
         }
-        if readable {
-            if let Err(end) = self.read(key) {
-                self.remove(key, end);
-                return;
-            }
+        if readable && let Err(end) = self.read(key) {
+            self.remove(key, end);
+            return;
         }
         let _ = writable;
         self.after(key);
@@ -866,17 +864,17 @@ impl<H: tcp::Handler> Loop<H> {
         }
         let entry = &mut self.entries[key];
         // The handler finished: start closing.
-        if entry.closing.is_none() {
-            if let Some((hangup, _)) = entry.slot.as_ref().and_then(Slot::hangup) {
-                let flush_for = match hangup {
-                    Hangup::Linger(ms) => ms.max(FLUSH_ON_CLOSE_MS),
-                    Hangup::Now => FLUSH_ON_CLOSE_MS,
-                };
-                entry.closing = Some(Closing::Flushing {
-                    hangup,
-                    until: now.saturating_add(flush_for),
-                });
-            }
+        if entry.closing.is_none()
+            && let Some((hangup, _)) = entry.slot.as_ref().and_then(Slot::hangup)
+        {
+            let flush_for = match hangup {
+                Hangup::Linger(ms) => ms.max(FLUSH_ON_CLOSE_MS),
+                Hangup::Now => FLUSH_ON_CLOSE_MS,
+            };
+            entry.closing = Some(Closing::Flushing {
+                hangup,
+                until: now.saturating_add(flush_for),
+            });
         }
         let mut flushed = entry.out.is_empty() && !tls_wants_write(entry);
         if flushed && entry.closing.is_some() && !entry.close_notified {

@@ -15,6 +15,7 @@
 pub mod channels;
 mod client;
 pub mod clock;
+pub mod cluster;
 mod event_loop;
 pub mod handler;
 pub mod late;

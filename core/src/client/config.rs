@@ -135,18 +135,18 @@ impl Config {
         if self.call_timeout_ms == 0 {
             return Err(ConfigError::new("call_timeout_ms", "must be positive"));
         }
-        if let Some(rate) = self.rate_limit {
-            if rate.burst == 0 || rate.per_second == 0 {
-                return Err(ConfigError::new(
-                    "rate_limit",
-                    "burst and per_second must be at least 1",
-                ));
-            }
+        if let Some(rate) = self.rate_limit
+            && (rate.burst == 0 || rate.per_second == 0)
+        {
+            return Err(ConfigError::new(
+                "rate_limit",
+                "burst and per_second must be at least 1",
+            ));
         }
-        if let Some(proxy) = &self.proxy {
-            if proxy.host.is_empty() {
-                return Err(ConfigError::new("proxy.host", "must not be empty"));
-            }
+        if let Some(proxy) = &self.proxy
+            && proxy.host.is_empty()
+        {
+            return Err(ConfigError::new("proxy.host", "must not be empty"));
         }
         Ok(())
     }

@@ -489,13 +489,13 @@ fn apply(
                 return false;
             }
             r.context.insert(dot);
-            if let Some(p) = r.entries.remove(&dot) {
-                if r.up {
-                    fx.diff(
-                        &p.topic,
-                        tracker.remove_remote(&p.topic, &p.key, index, dot),
-                    );
-                }
+            if let Some(p) = r.entries.remove(&dot)
+                && r.up
+            {
+                fx.diff(
+                    &p.topic,
+                    tracker.remove_remote(&p.topic, &p.key, index, dot),
+                );
             }
         }
     }
@@ -517,13 +517,13 @@ fn merge_state(
         .filter(|dot| !live.contains(dot))
         .collect();
     for dot in gone {
-        if let Some(p) = r.entries.remove(&dot) {
-            if r.up {
-                fx.diff(
-                    &p.topic,
-                    tracker.remove_remote(&p.topic, &p.key, index, dot),
-                );
-            }
+        if let Some(p) = r.entries.remove(&dot)
+            && r.up
+        {
+            fx.diff(
+                &p.topic,
+                tracker.remove_remote(&p.topic, &p.key, index, dot),
+            );
         }
     }
     for e in entries {

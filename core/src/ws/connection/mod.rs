@@ -244,10 +244,10 @@ impl Connection {
     }
 
     fn fail_deferred(&mut self, out: &mut Vec<Outbound>) {
-        if let Some(error) = self.deferred_failure.take() {
-            if matches!(self.phase, Phase::Open | Phase::Closing) {
-                self.fail(error, out);
-            }
+        if let Some(error) = self.deferred_failure.take()
+            && matches!(self.phase, Phase::Open | Phase::Closing)
+        {
+            self.fail(error, out);
         }
     }
 

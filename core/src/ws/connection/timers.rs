@@ -92,11 +92,11 @@ impl Connection {
         if self.phase != Phase::Open {
             return;
         }
-        if let Some(idle) = self.config.idle_timeout_ms {
-            if now >= self.last_receive_ms.saturating_add(idle) {
-                self.push_close(1001, "idle timeout", out);
-                return;
-            }
+        if let Some(idle) = self.config.idle_timeout_ms
+            && now >= self.last_receive_ms.saturating_add(idle)
+        {
+            self.push_close(1001, "idle timeout", out);
+            return;
         }
         match self.keep_alive() {
             Some((at, KeepAlive::Ping)) if now >= at => {
