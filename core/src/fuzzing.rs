@@ -693,3 +693,160 @@ fn receive(now_ms: u64, client_id: ClientId, frame: Frame) -> channel::Event {
 fn text_frame(now_ms: u64, client_id: ClientId, message: &Value) -> channel::Event {
     receive(now_ms, client_id, Frame::Text(message.to_string().into()))
 }
+
+/// `cluster_receive`: lines of bytes, each one bus message from some other node, fed to a
+/// cluster node that has a subscriber watching the topic of the demo's room, with time moving
+/// on between them (so replicas go down and are forgotten too). Checks: nothing panics; every
+/// message that decodes encodes back to itself; and the presence diffs the node sent its
+/// subscriber add up to the presences it holds.
+pub fn cluster_receive(data: &[u8]) {
+    use crate::channel::{self, ClientId, Event, Frame, Outbound, Runtime};
+    use crate::cluster::{Options, wire};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let options = Options {
+        heartbeat_interval_ms: 10,
+        down_after_ms: 100,
+        permdown_after_ms: 1_000,
+        max_replicas: 8,
+        max_out_of_order: 16,
+        max_message_len: 1 << 16,
+        ..Options::new("fuzz", "me", 1)
+    };
+    // The watcher says nothing while the fuzzer's clock runs: it must not be dropped as silent.
+    let config = channel::Config {
+        heartbeat_timeout_ms: None,
+        ..channel::Config::with_seed(3)
+    };
+    let Ok(mut rt) = Runtime::new_cluster_ready(options, channel::demo::router(), config) else {
+        return;
+    };
+    let watcher = ClientId(1);
+    let mut view: BTreeMap<String, BTreeMap<String, BTreeSet<String>>> = BTreeMap::new();
+    let apply = |view: &mut BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
+                 out: Vec<Outbound>| {
+        for o in out {
+            if let Outbound::PresenceDiff {
+                topic,
+                diff,
+                recipients,
+                ..
+            } = o
+            {
+                if !recipients.contains(&watcher) {
+                    continue;
+                }
+                let t = view.entry(topic).or_default();
+                for e in diff.joins {
+                    let refs = t.entry(e.key).or_default();
+                    refs.extend(e.metas.into_iter().map(|m| m.phx_ref));
+                }
+                for e in diff.leaves {
+                    if let Some(refs) = t.get_mut(&e.key) {
+                        for m in e.metas {
+                            refs.remove(&m.phx_ref);
+                        }
+                        if refs.is_empty() {
+                            t.remove(&e.key);
+                        }
+                    }
+                }
+            }
+        }
+    };
+    let mut topics = BTreeSet::new();
+    let mut now_ms = 0;
+    for (i, line) in data.split(|b| *b == b'\n').enumerate() {
+        let text = String::from_utf8_lossy(line).into_owned();
+        if let Ok(m) = wire::decode(&text, 1 << 16) {
+            let again = wire::encode(&m);
+            assert_eq!(wire::decode(&again, usize::MAX).as_ref(), Ok(&m), "{again}");
+            // Watch every topic the message names, so its diffs have a recipient.
+            let mut named: Vec<String> = Vec::new();
+            match &m.body {
+                wire::Body::Delta { ops } => {
+                    for op in ops {
+                        if let wire::Change::Add { topic, .. } = &op.change {
+                            named.push(topic.clone());
+                        }
+                    }
+                }
+                wire::Body::State { entries, .. } => {
+                    named.extend(entries.iter().map(|e| e.topic.clone()));
+                }
+                _ => {}
+            }
+            for topic in named {
+                if topics.len() < 8 && topics.insert(topic.clone()) {
+                    let join = serde_json::json!(["1", "1", topic, "phx_join", {}]).to_string();
+                    let out = rt.handle(Event::Receive {
+                        now_ms,
+                        client_id: watcher,
+                        frame: Frame::Text(join.into()),
+                    });
+                    let joined = out
+                        .iter()
+                        .any(|o| matches!(o, Outbound::Reply { status, .. } if status == "ok"));
+                    if !joined {
+                        topics.remove(&topic);
+                    }
+                    // The join's presence_state starts the view of that topic afresh.
+                    for o in &out {
+                        if let Outbound::PushMessage {
+                            topic,
+                            event,
+                            payload,
+                            ..
+                        } = o
+                            && event == "presence_state"
+                        {
+                            let state: presence_state::State = payload.parse().unwrap_or_default();
+                            view.insert(topic.clone(), state.refs());
+                        }
+                    }
+                }
+            }
+        }
+        now_ms += (i as u64 % 7) * 20;
+        let out = rt.handle(Event::ClusterReceive {
+            now_ms,
+            data: text.into(),
+        });
+        apply(&mut view, out);
+        let out = rt.handle(Event::Tick { now_ms });
+        apply(&mut view, out);
+    }
+    for topic in &topics {
+        let held: BTreeMap<String, BTreeSet<String>> = (rt.presences(topic).into_iter())
+            .map(|e| (e.key, e.metas.into_iter().map(|m| m.phx_ref).collect()))
+            .collect();
+        let seen = view.get(topic).cloned().unwrap_or_default();
+        assert_eq!(seen, held, "the diffs add up to the presences of {topic}");
+    }
+}
+
+mod presence_state {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    /// A `presence_state` payload: key -> {"metas": [{"phx_ref": ..}, ..]}.
+    #[derive(Default, serde::Deserialize)]
+    pub(super) struct State(BTreeMap<String, Metas>);
+
+    #[derive(serde::Deserialize)]
+    struct Metas {
+        metas: Vec<Ref>,
+    }
+
+    #[derive(serde::Deserialize)]
+    struct Ref {
+        phx_ref: String,
+    }
+
+    impl State {
+        pub(super) fn refs(self) -> BTreeMap<String, BTreeSet<String>> {
+            (self.0.into_iter())
+                .map(|(k, m)| (k, m.metas.into_iter().map(|r| r.phx_ref).collect()))
+                .collect()
+        }
+    }
+}

@@ -61,3 +61,8 @@ fn channel_events_corpus() {
 fn live_decode_corpus() {
     replay("live_decode", spool_core::cassette::fuzz::live_decode);
 }
+
+#[test]
+fn cluster_receive_corpus() {
+    replay("cluster_receive", spool_core::fuzzing::cluster_receive);
+}

@@ -54,6 +54,18 @@ pub struct ClusterOptions {
     pub down_after_ms: u64,
     /// A node silent this long is forgotten (default 20 minutes).
     pub permdown_after_ms: u64,
+    /// Which Redis client carries the bus (both speak the same channel and messages).
+    pub bus: BusKind,
+}
+
+/// Which Redis adapter a node uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BusKind {
+    /// The `redis` crate's async client on smol ([`crate::cluster_bus::SmolRedisBus`]).
+    #[default]
+    Smol,
+    /// Its blocking client on two threads (`spool_std::cluster::RedisBus`).
+    Threads,
 }
 
 impl ClusterOptions {
@@ -68,6 +80,7 @@ impl ClusterOptions {
             heartbeat_interval_ms: defaults.heartbeat_interval_ms,
             down_after_ms: defaults.down_after_ms,
             permdown_after_ms: defaults.permdown_after_ms,
+            bus: BusKind::default(),
         }
     }
 }
@@ -197,9 +210,17 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
             };
             let runtime = Runtime::new_cluster_ready(cluster, router(), config)
                 .map_err(|e| ServeError::Cluster(e.to_string()))?;
-            let bus = spool_std::cluster::RedisBus::new(&c.redis_url, &c.cluster)
-                .map_err(|e| ServeError::Cluster(e.to_string()))?;
-            Hub::start_clustered(runtime, APP, options.record, Box::new(bus))
+            let failed = |e: spool_std::cluster::BusError| ServeError::Cluster(e.to_string());
+            let bus: Box<dyn spool_std::cluster::ClusterBus> = match c.bus {
+                BusKind::Smol => Box::new(
+                    crate::cluster_bus::SmolRedisBus::new(&c.redis_url, &c.cluster)
+                        .map_err(failed)?,
+                ),
+                BusKind::Threads => Box::new(
+                    spool_std::cluster::RedisBus::new(&c.redis_url, &c.cluster).map_err(failed)?,
+                ),
+            };
+            Hub::start_clustered(runtime, APP, options.record, bus)
         }
     };
     let hub = Arc::new(hub.map_err(ServeError::Hub)?);

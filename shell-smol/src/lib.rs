@@ -22,6 +22,7 @@
 pub mod chat;
 pub mod cli_client;
 mod client;
+pub mod cluster_bus;
 mod io;
 pub mod live_demo;
 pub mod phoenix;

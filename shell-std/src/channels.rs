@@ -277,6 +277,7 @@ impl Hub {
                 .name("spool-hub".into())
                 .spawn(move || {
                     let mut members: HashMap<ClientId, Member> = HashMap::new();
+                    let mut stopping = false;
                     loop {
                         // One timer: the runtime's next deadline, which a Tick answers.
                         let input = match runtime.next_deadline() {
@@ -287,20 +288,14 @@ impl Hub {
                             None => channel::Event::Tick {
                                 now_ms: clock.now_ms(),
                             },
-                            Some(HubInput::Stop) => {
-                                if let Some(bus) = bus.as_mut() {
-                                    let shutdown = channel::Event::Shutdown {
-                                        now_ms: clock.now_ms(),
-                                    };
-                                    for o in runtime.handle(shutdown) {
-                                        if let Outbound::ClusterPublish { data } = o {
-                                            bus.publish(data);
-                                        }
-                                    }
-                                    bus.stop(BUS_STOP_GRACE);
+                            // A cluster node says goodbye (recorded like any event), then stops.
+                            Some(HubInput::Stop) if bus.is_some() && !stopping => {
+                                stopping = true;
+                                channel::Event::Shutdown {
+                                    now_ms: clock.now_ms(),
                                 }
-                                break;
                             }
+                            Some(HubInput::Stop) => break,
                             Some(HubInput::Connect(id, mailbox, evicted)) => {
                                 members.insert(id, Member { mailbox, evicted });
                                 continue;
@@ -360,6 +355,12 @@ impl Hub {
                                 tracing::error!("channel recording failed; recording stopped");
                                 recorder = None;
                             }
+                        }
+                        if stopping {
+                            if let Some(bus) = bus.as_mut() {
+                                bus.stop(BUS_STOP_GRACE);
+                            }
+                            break;
                         }
                         if let Some(id) = gone {
                             members.remove(&id);

@@ -71,8 +71,12 @@ impl Drop for Redis {
 }
 
 fn node(redis: &str, id: &str) -> Spool {
+    node_with(redis, id, &[])
+}
+
+fn node_with(redis: &str, id: &str, extra: &[&str]) -> Spool {
     let (hb, down) = (HEARTBEAT_MS.to_string(), DOWN_AFTER_MS.to_string());
-    Spool::start(&[
+    let mut args = vec![
         "serve",
         "--port",
         "0",
@@ -86,7 +90,9 @@ fn node(redis: &str, id: &str) -> Spool {
         &hb,
         "--down-after-ms",
         &down,
-    ])
+    ];
+    args.extend_from_slice(extra);
+    Spool::start(&args)
 }
 
 fn client(node: &Spool) -> PhoenixClient {
@@ -157,8 +163,10 @@ async fn join(client: &PhoenixClient, user: &str) -> Channel {
 #[test]
 fn clients_on_three_nodes_see_each_others_broadcasts_once_and_presence() {
     let redis = Redis::start();
-    let nodes = [
-        node(&redis.url(), "n1"),
+    let log = common::temp_dir("cluster-record").join("n1.jsonl");
+    let log_arg = log.to_string_lossy().to_string();
+    let mut nodes = [
+        node_with(&redis.url(), "n1", &["--record", &log_arg]),
         node(&redis.url(), "n2"),
         node(&redis.url(), "n3"),
     ];
@@ -190,6 +198,12 @@ fn clients_on_three_nodes_see_each_others_broadcasts_once_and_presence() {
     for c in clients {
         smol::block_on(c.close());
     }
+    // n1's recording, cluster messages included, replays to the same outbounds.
+    nodes[0].signal("TERM");
+    assert!(nodes[0].wait_for(Duration::from_secs(15)).is_some());
+    let (status, out, err) = common::run(&["replay", &log_arg]);
+    assert!(status.success(), "replay failed:\n{out}\n{err}");
+    assert!(out.contains(" 0 differ"), "{out}");
 }
 
 #[test]
@@ -317,4 +331,45 @@ fn without_redis_serve_stays_a_single_node_and_a_bad_url_is_a_clear_error() {
     let (status, _out, err) = common::run(&["serve", "--port", "0", "--node-id", "n1"]);
     assert!(!status.success(), "--node-id needs --redis");
     assert!(err.contains("--redis"), "{err}");
+}
+
+#[test]
+fn a_node_on_the_blocking_bus_and_one_on_the_smol_bus_share_a_cluster() {
+    use spool_smol::chat::{self, BusKind, ChatOptions, ClusterOptions};
+    let redis = Redis::start();
+    let start = |id: &str, bus: BusKind| {
+        chat::serve(ChatOptions {
+            bind: "127.0.0.1:0".into(),
+            cluster: Some(ClusterOptions {
+                heartbeat_interval_ms: HEARTBEAT_MS,
+                down_after_ms: DOWN_AFTER_MS,
+                bus,
+                ..ClusterOptions::new(&redis.url(), "mixed", id)
+            }),
+            ..ChatOptions::default()
+        })
+        .unwrap()
+    };
+    let threads = start("threads", BusKind::Threads);
+    let smol_node = start("smol", BusKind::Smol);
+    let connect = |server: &chat::ChatServer| {
+        let url = format!("ws://{}/socket", server.local_addr());
+        PhoenixClient::connect(&url, PhoenixOptions::default()).unwrap()
+    };
+    let (c1, c2) = (connect(&threads), connect(&smol_node));
+    smol::block_on(async {
+        let a = join(&c1, "ann").await;
+        let b = join(&c2, "bob").await;
+        eventually("both nodes to see both", Duration::from_secs(10), || {
+            keys(&a) == names(&["ann", "bob"]) && keys(&b) == names(&["ann", "bob"])
+        })
+        .await;
+        shouts(&a, Duration::from_millis(100)).await;
+        shout(&b, "from smol").await;
+        assert_eq!(shouts(&a, Duration::from_millis(700)).await, ["from smol"]);
+        c1.close().await;
+        c2.close().await;
+    });
+    threads.shutdown();
+    smol_node.shutdown();
 }
