@@ -104,16 +104,31 @@ impl Diff {
         Value::Object(m)
     }
 
-    /// Appends `other`'s joins and leaves to this diff's.
+    /// Appends `other`, a later change, so that the one diff means both to a client that
+    /// applies joins before leaves (phoenix.js): a later join of a meta this diff has leaving
+    /// takes the leave back, and a later leave of a meta this diff has joining takes the join
+    /// back (and still leaves, in case the client held that meta before).
     pub fn extend(&mut self, other: Diff) {
         for e in other.joins {
             for m in e.metas {
+                Diff::take(&mut self.leaves, &e.key, &m.phx_ref);
                 Diff::add(&mut self.joins, &e.key, m);
             }
         }
         for e in other.leaves {
             for m in e.metas {
+                Diff::take(&mut self.joins, &e.key, &m.phx_ref);
                 Diff::add(&mut self.leaves, &e.key, m);
+            }
+        }
+    }
+
+    /// Removes the meta `phx_ref` of `key` from `list`.
+    fn take(list: &mut Vec<Entry>, key: &str, phx_ref: &str) {
+        if let Some(i) = list.iter().position(|e| e.key == key) {
+            list[i].metas.retain(|m| m.phx_ref != phx_ref);
+            if list[i].metas.is_empty() {
+                list.remove(i);
             }
         }
     }
@@ -515,6 +530,36 @@ mod tests {
             .unwrap();
         let back: Diff = serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
         assert_eq!(back, d);
+    }
+
+    #[test]
+    fn an_extended_diff_means_both_changes_to_a_client_that_joins_then_leaves() {
+        let meta = |r: &str| Meta::from_json(&json!({"phx_ref": r})).unwrap();
+        let one = |joins: bool, r: &str| {
+            let e = vec![Entry {
+                key: "k".into(),
+                metas: vec![meta(r)],
+            }];
+            if joins {
+                Diff {
+                    joins: e,
+                    leaves: vec![],
+                }
+            } else {
+                Diff {
+                    joins: vec![],
+                    leaves: e,
+                }
+            }
+        };
+        // Leave then join of the same meta: it is there at the end.
+        let mut d = one(false, "a");
+        d.extend(one(true, "a"));
+        assert_eq!((d.joins.len(), d.leaves.len()), (1, 0));
+        // Join then leave: it is gone at the end.
+        let mut d = one(true, "b");
+        d.extend(one(false, "b"));
+        assert_eq!((d.joins.len(), d.leaves.len()), (0, 1));
     }
 
     #[test]
