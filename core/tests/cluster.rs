@@ -40,8 +40,12 @@ fn options(node: &str, boot: u64) -> Options {
 
 impl Node {
     fn new(node: &str, boot: u64, now_ms: u64) -> Node {
+        Node::with(options(node, boot), now_ms)
+    }
+
+    fn with(options: Options, now_ms: u64) -> Node {
         let config = Config::with_seed(9);
-        let rt = Runtime::new_cluster_ready(options(node, boot), demo::router(), config).unwrap();
+        let rt = Runtime::new_cluster_ready(options, demo::router(), config).unwrap();
         let mut n = Node {
             rt,
             published: Vec::new(),
@@ -333,6 +337,55 @@ fn a_lost_delta_is_found_by_the_next_heartbeat_and_repaired_by_a_state_transfer(
     settle(&mut nodes, interval, &[]);
     assert_eq!(nodes[1].keys(), keys(&["ann"]));
     assert_eq!(nodes[1].view, nodes[1].presences());
+}
+
+#[test]
+fn presences_kept_of_another_replica_are_bounded() {
+    let small = Options {
+        max_presences_per_replica: 2,
+        ..options("b", 2)
+    };
+    let mut nodes = vec![Node::new("a", 1, 0), Node::with(small, 0)];
+    settle(&mut nodes, 0, &[]);
+    for u in 0..3 {
+        nodes[0].join(1, ClientId(100 + u), Some(&format!("u{u}")));
+    }
+    settle(&mut nodes, 1, &[]);
+    assert_eq!(nodes[0].keys().len(), 3);
+    assert_eq!(nodes[1].keys(), keys(&["u0", "u1"]));
+    assert!(
+        nodes[1]
+            .notices
+            .iter()
+            .any(|n| n.contains("2 kept already"))
+    );
+    assert_eq!(nodes[1].view, nodes[1].presences());
+    // One leaves: room for the next change.
+    nodes[0].leave(2, ClientId(100));
+    nodes[0].join(2, ClientId(200), Some("u9"));
+    settle(&mut nodes, 2, &[]);
+    assert_eq!(nodes[1].keys(), keys(&["u1", "u9"]));
+}
+
+#[test]
+fn replicas_past_the_limit_are_dropped_with_a_notice() {
+    let small = Options {
+        max_replicas: 1,
+        ..options("a", 1)
+    };
+    let mut nodes = vec![
+        Node::with(small, 0),
+        Node::new("b", 2, 0),
+        Node::new("c", 3, 0),
+    ];
+    settle(&mut nodes, 0, &[]);
+    assert_eq!(nodes[0].rt.cluster_replicas(), Some((1, 1)));
+    assert!(
+        nodes[0]
+            .notices
+            .iter()
+            .any(|n| n.contains("replicas known already"))
+    );
 }
 
 #[test]

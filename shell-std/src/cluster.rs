@@ -139,9 +139,10 @@ impl ClusterBus for RedisBus {
         let (client, channel, stats) = (self.client.clone(), self.channel.clone(), &self.stats);
         let stats2 = stats.clone();
         let stopping = self.stopping.clone();
+        let stopping2 = stopping.clone();
         self.publisher = std::thread::Builder::new()
             .name("spool-redis-pub".into())
-            .spawn(move || publish_loop(&client, &channel, &rx, &stats2))
+            .spawn(move || publish_loop(&client, &channel, &rx, &stats2, &stopping2))
             .map_err(|e| tracing::error!("cannot start the Redis publisher: {e}"))
             .ok();
         let (client, channel, stats) = (self.client.clone(), self.channel.clone(), stats.clone());
@@ -238,19 +239,26 @@ fn connect(
     }
 }
 
-fn publish_loop(client: &redis::Client, channel: &str, rx: &Receiver<Text>, stats: &BusStats) {
+fn publish_loop(
+    client: &redis::Client,
+    channel: &str,
+    rx: &Receiver<Text>,
+    stats: &BusStats,
+    stopping: &AtomicBool,
+) {
     let mut con: Option<redis::Connection> = None;
+    let stop = || stopping.load(Ordering::Acquire);
+    let mut lost_at_stop = 0u64;
     // Ends when the queue is closed (the hub stopped) and drained.
     while let Ok(data) = rx.recv() {
         // A message that failed is sent again on the next connection: a repeat is harmless
         // (receivers drop repeated broadcasts, and presence deltas merge idempotently).
-        for attempt in 0.. {
+        loop {
             if con.is_none() {
-                // While the hub stops, give up after a few tries rather than hang.
-                let closing = || attempt > 3;
-                con = connect(client, "cluster publisher", &closing);
+                // Once the hub stops, one attempt per message and no waiting.
+                con = connect(client, "cluster publisher", &stop);
                 if con.is_none() {
-                    tracing::warn!("cluster publisher: a message dropped while stopping");
+                    lost_at_stop += 1;
                     break;
                 }
             }
@@ -270,6 +278,12 @@ fn publish_loop(client: &redis::Client, channel: &str, rx: &Receiver<Text>, stat
                 }
             }
         }
+    }
+    if lost_at_stop > 0 {
+        tracing::warn!(
+            messages = lost_at_stop,
+            "cluster publisher: Redis unreachable while stopping; messages dropped"
+        );
     }
 }
 
@@ -318,5 +332,44 @@ fn subscribe_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nobody;
+
+    impl Inbox for Nobody {
+        fn receive(&self, _data: Text) {}
+        fn link_up(&self) {}
+    }
+
+    #[test]
+    fn with_redis_away_the_publish_queue_holds_its_bound_and_counts_what_it_drops() {
+        // Nothing listens on port 1: the publisher waits, reconnecting, with one message in hand.
+        let mut bus = RedisBus::new("redis://127.0.0.1:1", "t").unwrap();
+        bus.start(Arc::new(Nobody));
+        let offered = PUBLISH_QUEUE_CAPACITY + 1_000;
+        for i in 0..offered {
+            bus.publish(Text::from(format!("m{i}")));
+        }
+        let dropped = bus.stats().dropped.load(Ordering::Relaxed) as usize;
+        // The queue's bound, plus the one message the publisher may have taken.
+        assert!(
+            dropped == 1_000 || dropped == 999,
+            "{dropped} dropped of {offered}"
+        );
+        bus.stop(Duration::from_millis(100));
+        assert_eq!(bus.stats().published.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_url_that_is_not_redis_is_refused() {
+        assert!(matches!(
+            RedisBus::new("http://127.0.0.1", "t"),
+            Err(BusError::Url(_))
+        ));
     }
 }

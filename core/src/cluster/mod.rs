@@ -99,6 +99,10 @@ pub struct Options {
     /// through deltas only). Default 16 MiB.
     #[serde(default = "default::max_message_len")]
     pub max_message_len: usize,
+    /// Presences kept per other replica; an add past it is dropped with a notice (that
+    /// replica's presences then stay incomplete here until some leave). Default 1,000,000.
+    #[serde(default = "default::max_presences_per_replica")]
+    pub max_presences_per_replica: usize,
     /// Dots seen out of order that a node keeps per replica; past it, that replica's deltas are
     /// dropped until its state arrives. Default 4,096.
     #[serde(default = "default::max_out_of_order")]
@@ -120,6 +124,7 @@ impl Options {
             permdown_after_ms: default::permdown_after_ms(),
             max_replicas: default::max_replicas(),
             max_message_len: default::max_message_len(),
+            max_presences_per_replica: default::max_presences_per_replica(),
             max_out_of_order: default::max_out_of_order(),
         }
     }
@@ -176,6 +181,9 @@ mod default {
     }
     pub(super) fn max_message_len() -> usize {
         16 << 20
+    }
+    pub(super) fn max_presences_per_replica() -> usize {
+        1_000_000
     }
     pub(super) fn max_out_of_order() -> usize {
         4_096

@@ -327,9 +327,9 @@ impl Cluster {
                 payload,
             } => fx.broadcasts.push((topic, event, payload)),
             Body::Delta { ops } => {
-                let max = self.options.max_out_of_order;
+                let limits = Limits::of(&self.options);
                 for op in ops {
-                    behind |= !apply(index, r, op, max, tracker, fx);
+                    behind |= !apply(index, r, op, limits, tracker, fx);
                 }
             }
             Body::Heartbeat { clock } => behind |= !r.context.covers(clock),
@@ -339,7 +339,8 @@ impl Cluster {
                 }
             }
             Body::State { clock, entries } => {
-                merge_state(index, r, clock, entries, tracker, fx);
+                let limits = Limits::of(&self.options);
+                merge_state(index, r, clock, entries, limits, tracker, fx);
                 behind = false;
             }
             Body::Goodbye => {
@@ -456,15 +457,54 @@ fn insert(index: u64, dot: u64, p: &Presence, tracker: &mut Tracker, fx: &mut Ef
     }
 }
 
+/// The bounds on what a node keeps of another replica.
+#[derive(Clone, Copy)]
+struct Limits {
+    out_of_order: usize,
+    presences: usize,
+}
+
+impl Limits {
+    fn of(o: &Options) -> Limits {
+        Limits {
+            out_of_order: o.max_out_of_order,
+            presences: o.max_presences_per_replica,
+        }
+    }
+}
+
+/// Keeps a presence of `r`, unless it holds as many as the limit allows.
+fn keep(
+    index: u64,
+    r: &mut Remote,
+    dot: u64,
+    p: Presence,
+    max: usize,
+    tracker: &mut Tracker,
+    fx: &mut Effects,
+) {
+    if r.entries.len() >= max {
+        return fx.notices.push(format!(
+            "cluster: a presence of {} dropped: {max} kept already",
+            r.replica
+        ));
+    }
+    if r.up {
+        insert(index, dot, &p, tracker, fx);
+    }
+    r.entries.insert(dot, p);
+}
+
 /// Merges one change; false when it could not be kept (too far out of order).
 fn apply(
     index: u64,
     r: &mut Remote,
     op: Op,
-    max_out_of_order: usize,
+    limits: Limits,
     tracker: &mut Tracker,
     fx: &mut Effects,
 ) -> bool {
+    let max_out_of_order = limits.out_of_order;
     if r.context.contains(op.dot) {
         return true; // Seen already.
     }
@@ -476,10 +516,7 @@ fn apply(
     match op.change {
         Change::Add { topic, key, meta } => {
             let p = Presence { topic, key, meta };
-            if r.up {
-                insert(index, op.dot, &p, tracker, fx);
-            }
-            r.entries.insert(op.dot, p);
+            keep(index, r, op.dot, p, limits.presences, tracker, fx);
         }
         Change::Remove(dot) => {
             if !r.context.contains(dot)
@@ -508,6 +545,7 @@ fn merge_state(
     r: &mut Remote,
     clock: u64,
     entries: Vec<Entry>,
+    limits: Limits,
     tracker: &mut Tracker,
     fx: &mut Effects,
 ) {
@@ -536,10 +574,7 @@ fn merge_state(
             key: e.key,
             meta: e.meta,
         };
-        if r.up {
-            insert(index, e.dot, &p, tracker, fx);
-        }
-        r.entries.insert(e.dot, p);
+        keep(index, r, e.dot, p, limits.presences, tracker, fx);
     }
     r.context.insert_through(clock);
     r.asked_ms = None;
