@@ -12,13 +12,14 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::{FutureExt as _, StreamExt as _};
 use smol::channel::{Receiver, Sender, TrySendError, bounded};
 use spool_core::ws::Text;
 use spool_std::cluster::{
-    BusError, BusStats, ClusterBus, Inbox, PUBLISH_QUEUE_CAPACITY, RECONNECT_INITIAL, RECONNECT_MAX,
+    BusError, BusStats, ClusterBus, Inbox, PUBLISH_QUEUE_CAPACITY, RECONNECT_INITIAL,
+    RECONNECT_MAX, join_within,
 };
 
 /// How long connecting, subscribing or publishing may take.
@@ -42,10 +43,10 @@ impl SmolRedisBus {
     /// # Errors
     /// [`BusError::Url`] when the URL is not a Redis URL.
     pub fn new(url: &str, cluster: &str) -> Result<SmolRedisBus, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError::Url(e.to_string()))?;
+        let (client, channel) = spool_std::cluster::redis_channel(url, cluster)?;
         Ok(SmolRedisBus {
             client,
-            channel: format!("spool:cluster:{cluster}"),
+            channel,
             stats: Arc::default(),
             queue: None,
             thread: None,
@@ -96,15 +97,7 @@ impl ClusterBus for SmolRedisBus {
         };
         match queue.try_send(data) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = n,
-                        "the Redis publisher's queue is full ({PUBLISH_QUEUE_CAPACITY}); cluster messages dropped"
-                    );
-                }
-            }
+            Err(TrySendError::Full(_)) => self.stats.dropped_one(),
             Err(TrySendError::Closed(_)) => {
                 tracing::error!("the Redis bus is gone; a cluster message dropped");
             }
@@ -116,15 +109,7 @@ impl ClusterBus for SmolRedisBus {
             q.close();
         }
         if let Some(t) = self.thread.take() {
-            let deadline = Instant::now() + grace;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("the Redis publisher did not finish within the grace period");
-            }
+            join_within(t, grace);
         }
     }
 }

@@ -92,6 +92,45 @@ pub struct BusStats {
     pub connects: AtomicU64,
 }
 
+impl BusStats {
+    /// Counts a message the full publish queue refused, with a log line at each power of two
+    /// rather than one per message while Redis is away for long.
+    pub fn dropped_one(&self) {
+        let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                dropped = n,
+                "the Redis publisher's queue is full ({PUBLISH_QUEUE_CAPACITY}); cluster messages dropped"
+            );
+        }
+    }
+}
+
+/// Waits at most `grace` for a bus thread to finish (joining it if it did); says whether it
+/// did. One that does not is left to end with the process.
+pub fn join_within(thread: JoinHandle<()>, grace: Duration) -> bool {
+    let deadline = Instant::now() + grace;
+    while !thread.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if thread.is_finished() {
+        let _ = thread.join();
+        return true;
+    }
+    tracing::warn!("the Redis publisher did not finish within the grace period");
+    false
+}
+
+/// The Redis client for `url` and the pub/sub channel of `cluster`, `spool:cluster:<cluster>`:
+/// every adapter uses the same, so nodes on different adapters share a cluster.
+///
+/// # Errors
+/// [`BusError::Url`] when the URL is not a Redis URL.
+pub fn redis_channel(url: &str, cluster: &str) -> Result<(redis::Client, String), BusError> {
+    let client = redis::Client::open(url).map_err(|e| BusError::Url(e.to_string()))?;
+    Ok((client, format!("spool:cluster:{cluster}")))
+}
+
 /// The cluster's bus over Redis pub/sub, on two threads.
 pub struct RedisBus {
     client: redis::Client,
@@ -110,10 +149,10 @@ impl RedisBus {
     /// # Errors
     /// [`BusError::Url`] when the URL is not one.
     pub fn new(url: &str, cluster: &str) -> Result<RedisBus, BusError> {
-        let client = redis::Client::open(url).map_err(|e| BusError::Url(e.to_string()))?;
+        let (client, channel) = redis_channel(url, cluster)?;
         Ok(RedisBus {
             client,
-            channel: format!("spool:cluster:{cluster}"),
+            channel,
             stats: Arc::default(),
             stopping: Arc::default(),
             queue: None,
@@ -159,16 +198,7 @@ impl ClusterBus for RedisBus {
         };
         match queue.try_send(data) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                let n = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                // One line per power of two, not one per message, when Redis is away for long.
-                if n.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = n,
-                        "the Redis publisher's queue is full ({PUBLISH_QUEUE_CAPACITY}); cluster messages dropped"
-                    );
-                }
-            }
+            Err(TrySendError::Full(_)) => self.stats.dropped_one(),
             Err(TrySendError::Disconnected(_)) => {
                 tracing::error!("the Redis publisher is gone; a cluster message dropped");
             }
@@ -180,15 +210,7 @@ impl ClusterBus for RedisBus {
         // Closing the queue lets the publisher finish what waits, then return.
         self.queue = None;
         if let Some(t) = self.publisher.take() {
-            let deadline = Instant::now() + grace;
-            while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if t.is_finished() {
-                let _ = t.join();
-            } else {
-                tracing::warn!("the Redis publisher did not finish within the grace period");
-            }
+            join_within(t, grace);
         }
         // The subscriber notices `stopping` within its read timeout; nobody waits for it.
         self.subscriber = None;
