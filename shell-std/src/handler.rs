@@ -238,9 +238,20 @@ impl<U> Conn<U> {
         self.peer
     }
 
-    /// The upgrade request this connection came from (path, headers, origin).
+    /// The upgrade request this connection came from (path, headers, origin), whole during
+    /// `on_init`. After `on_init` the shell keeps only its target (path and query), so that an
+    /// idle connection does not hold its headers: copy what `handle` needs into the state.
     pub fn request(&self) -> &Request {
         &self.request
+    }
+
+    /// Drops all of the request but its target, once `on_init` has seen it.
+    pub fn keep_only_target(&mut self) {
+        let target = std::mem::take(&mut self.request.target);
+        self.request = Request {
+            target,
+            ..Request::default()
+        };
     }
 
     /// The negotiated subprotocol.

@@ -10,6 +10,36 @@ use spool_core::ws::Transmit;
 /// well under the kernel's `IOV_MAX` of 1024.
 pub const MAX_IOVECS: usize = 64;
 
+/// Queues a thread keeps for its connections to borrow while they have bytes to write: at most
+/// this many, each at most [`POOLED_CAPACITY`] transmits long.
+const POOL_SIZE: usize = 64;
+/// A queue longer than this (a burst) is freed rather than pooled.
+const POOLED_CAPACITY: usize = 64;
+
+thread_local! {
+    /// Empty queues, given back by connections that wrote everything: an idle connection
+    /// holds no queue, and a busy one does not allocate one for every write.
+    static POOL: std::cell::RefCell<Vec<VecDeque<Transmit>>> = const {
+        std::cell::RefCell::new(Vec::new())
+    };
+}
+
+fn borrow_queue() -> VecDeque<Transmit> {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default()
+}
+
+fn give_back(queue: VecDeque<Transmit>) {
+    if queue.capacity() == 0 || queue.capacity() > POOLED_CAPACITY {
+        return;
+    }
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_SIZE {
+            pool.push(queue);
+        }
+    });
+}
+
 /// What waits to be written, oldest first. The first transmit may be partly written already.
 #[derive(Debug, Default)]
 pub struct Outgoing {
@@ -23,6 +53,9 @@ impl Outgoing {
     /// Queues `transmit` behind what is there.
     pub fn push(&mut self, transmit: Transmit) {
         if !transmit.is_empty() {
+            if self.queue.capacity() == 0 {
+                self.queue = borrow_queue();
+            }
             self.unsent += transmit.len();
             self.queue.push_back(transmit);
         }
@@ -94,9 +127,9 @@ impl Outgoing {
                 written = 0;
             }
         }
-        if self.queue.is_empty() && self.queue.capacity() > 16 {
-            // An idle connection holds no queue memory.
-            self.queue = VecDeque::new();
+        if self.queue.is_empty() {
+            // An idle connection holds no queue memory: the queue goes back to the pool.
+            give_back(std::mem::take(&mut self.queue));
         }
     }
 

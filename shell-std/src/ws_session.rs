@@ -10,11 +10,13 @@
 //! ([`session::Config`]) names: 1000 for `Next::Stop`, 1001 for shutdown, 1011 for a panicking
 //! handler, 1008 for a peer that reads too slowly. No I/O happens here.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::mem;
 use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -28,10 +30,39 @@ use crate::handler::{
 use crate::record::Recorder;
 use crate::tcp::{self, End, Hangup, Packet};
 
+thread_local! {
+    /// The queues every session of this thread works in while it runs, so that an idle
+    /// session holds none: thousands of idle connections would otherwise each keep the
+    /// capacity their busiest moment left behind.
+    static SCRATCH: RefCell<(Vec<Outbound>, VecDeque<Event>)> = const {
+        RefCell::new((Vec::new(), VecDeque::new()))
+    };
+}
+
+/// Runs `f` with the thread's scratch queues in the session's `out` and `pending`, then takes
+/// them back. Should the queues not be empty at the end (they always are: `run` drains them),
+/// the session keeps them, so nothing is lost.
+fn lend_scratch<H: Handler>(s: &mut WsSession<H>, f: impl FnOnce(&mut WsSession<H>)) {
+    // Taken, not borrowed: were a callback to run another session here, it would get fresh
+    // queues rather than a double borrow.
+    let (mut out, mut pending) = SCRATCH.with(|c| mem::take(&mut *c.borrow_mut()));
+    mem::swap(&mut s.out, &mut out);
+    mem::swap(&mut s.pending, &mut pending);
+    f(s);
+    mem::swap(&mut s.out, &mut out);
+    mem::swap(&mut s.pending, &mut pending);
+    if !out.is_empty() || !pending.is_empty() {
+        mem::swap(&mut s.out, &mut out);
+        mem::swap(&mut s.pending, &mut pending);
+    }
+    SCRATCH.with(|c| *c.borrow_mut() = (out, pending));
+}
+
 /// A WebSocket [`Handler`] as a raw-layer handler: what both shells' WebSocket servers run.
 pub struct WsProtocol<H: Handler> {
     handler: H,
-    config: ws::Config,
+    /// Shared by every connection's core machine.
+    config: Arc<ws::Config>,
     session: session::Config,
     max_unsent: usize,
     record: Option<PathBuf>,
@@ -65,7 +96,7 @@ impl<H: Handler> WsProtocol<H> {
         }
         Ok(WsProtocol {
             handler,
-            config,
+            config: Arc::new(config),
             session,
             max_unsent,
             record,
@@ -93,7 +124,7 @@ impl<H: Handler> WsProtocol<H> {
         let n = self.recorded.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!("{n}.jsonl"));
         let setup = Setup::Server {
-            config: self.config.clone(),
+            config: (*self.config).clone(),
             session: self.session.clone(),
         };
         Recorder::create(&path, setup)
@@ -108,12 +139,13 @@ pub struct WsSession<H: Handler> {
     peer: SocketAddr,
     mailbox: Mailbox<H::User>,
     /// The upgrade request, kept from `Upgrade` until `Opened` hands it to the handler.
-    request: Option<Request>,
+    request: Option<Box<Request>>,
     /// The handler's state and connection, from `on_init` until `on_close`.
     user: Option<(H::State, Conn<H::User>)>,
-    /// Events waiting for the core: the handler's requests, in the order made.
+    /// Events waiting for the core: the handler's requests, in the order made. Empty, and
+    /// holding no memory, between calls: see [`lend_scratch`].
     pending: VecDeque<Event>,
-    /// Reused for every call to the core.
+    /// What the core returns; empty and holding no memory between calls, as `pending`.
     out: Vec<Outbound>,
     recorder: Option<Recorder>,
 }
@@ -124,7 +156,7 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
 
     fn on_init(&self, conn: &mut tcp::Conn<H::User>) -> WsSession<H> {
         // Validated in `new`, so this does not fail; were it to, the connection is refused.
-        let ws = Connection::server(self.config.clone()).unwrap_or_else(|e| {
+        let ws = Connection::server_shared(self.config.clone()).unwrap_or_else(|e| {
             tracing::error!("invalid websocket config: {e}");
             panic!("invalid websocket config: {e}")
         });
@@ -147,12 +179,12 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
         let now_ms = conn.now_ms();
         match packet {
             Packet::Data(bytes) => self.feed(s, Event::Receive { now_ms, bytes }, conn),
-            Packet::User(message) => {
+            Packet::User(message) => lend_scratch(s, |s| {
                 self.call(s, now_ms, |h, state, c| {
                     h.handle(state, Incoming::User(message), c)
                 });
                 self.run(s, conn);
-            }
+            }),
         }
     }
 
@@ -220,8 +252,10 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
 impl<H: Handler> WsProtocol<H> {
     /// Gives `event`, and every event it leads to, to the core.
     fn feed(&self, s: &mut WsSession<H>, event: Event, conn: &mut tcp::Conn<H::User>) {
-        s.pending.push_back(event);
-        self.run(s, conn);
+        lend_scratch(s, |s| {
+            s.pending.push_back(event);
+            self.run(s, conn);
+        });
     }
 
     fn run(&self, s: &mut WsSession<H>, conn: &mut tcp::Conn<H::User>) {
@@ -258,7 +292,7 @@ impl<H: Handler> WsProtocol<H> {
                         reason,
                     },
                 };
-                s.request = Some(request);
+                s.request = Some(Box::new(request));
                 s.pending.push_back(event);
             }
             Outbound::HttpRequest(request) => {
@@ -275,11 +309,12 @@ impl<H: Handler> WsProtocol<H> {
                 });
             }
             Outbound::Opened(handshake) => {
-                let request = s.request.take().unwrap_or_default();
+                let request = s.request.take().map(|r| *r).unwrap_or_default();
                 let mut user_conn =
                     Conn::new(s.peer, request, handshake.protocol, s.mailbox.clone());
                 match catch_unwind(AssertUnwindSafe(|| self.handler.on_init(&mut user_conn))) {
                     Ok(state) => {
+                        user_conn.keep_only_target();
                         s.user = Some((state, user_conn));
                         self.after_callback(s, now_ms, Next::Continue);
                     }

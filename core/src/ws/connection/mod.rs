@@ -5,6 +5,8 @@
 //! once this side sent a close frame; `Draining` for a client that finished the close handshake
 //! and waits for the server to hang up (RFC 6455 §7.1.1: the server closes TCP first); `Done`.
 
+use std::sync::Arc;
+
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -99,18 +101,21 @@ struct ClientSide {
 /// assert!(matches!(&out[..], [Outbound::Transmit(_), Outbound::Opened(_)]));
 /// ```
 pub struct Connection {
-    config: Config,
+    /// Shared by every connection a shell makes from one configuration.
+    config: Arc<Config>,
     role: Role,
     phase: Phase,
-    client: Option<ClientSide>,
-    offer: Option<ServerOffer>,
+    // What a connection needs only in some roles or phases is boxed, so that an idle server
+    // connection stays small (a few hundred bytes; the shells keep thousands).
+    client: Option<Box<ClientSide>>,
+    offer: Option<Box<ServerOffer>>,
     /// Unconsumed input; emptied (and its memory freed) whenever everything was consumed.
     buf: BytesMut,
     frame: Option<FrameInProgress>,
     message: Option<MessageInProgress>,
     deflate: Option<DeflateParams>,
-    deflater: Option<Deflater>,
-    inflater: Option<Inflater>,
+    deflater: Option<Box<Deflater>>,
+    inflater: Option<Box<Inflater>>,
     /// The first close frame of the close handshake, and who sent it.
     close: Option<(u16, String, Initiator)>,
     closed_reported: bool,
@@ -128,6 +133,16 @@ impl Connection {
     /// # Errors
     /// [`ConfigError`] when the configuration is inconsistent.
     pub fn server(config: Config) -> Result<Connection, ConfigError> {
+        Connection::server_shared(Arc::new(config))
+    }
+
+    /// A server-side connection on a configuration shared with others: what a server that
+    /// makes many connections from one configuration uses, so that each holds a reference, not
+    /// a copy.
+    ///
+    /// # Errors
+    /// [`ConfigError`] when the configuration is inconsistent.
+    pub fn server_shared(config: Arc<Config>) -> Result<Connection, ConfigError> {
         Connection::new(config, Role::Server, None)
     }
 
@@ -145,13 +160,14 @@ impl Connection {
         }
         let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, request.key);
         let rng = Rng::new(request.mask_seed);
-        Connection::new(config, Role::Client, Some(ClientSide { request, key, rng }))
+        let client = Box::new(ClientSide { request, key, rng });
+        Connection::new(Arc::new(config), Role::Client, Some(client))
     }
 
     fn new(
-        config: Config,
+        config: Arc<Config>,
         role: Role,
-        client: Option<ClientSide>,
+        client: Option<Box<ClientSide>>,
     ) -> Result<Connection, ConfigError> {
         config.validate()?;
         Ok(Connection {
@@ -308,7 +324,7 @@ impl Connection {
             Ok(Some((Parsed::Upgrade(offer), head_len))) => {
                 self.buf.advance(head_len);
                 out.push(Outbound::Upgrade(offer.request.clone()));
-                self.offer = Some(offer);
+                self.offer = Some(Box::new(offer));
                 self.phase = Phase::AwaitingDecision;
             }
             Ok(Some((Parsed::Plain(request), head_len))) => {

@@ -168,7 +168,10 @@ impl Connection {
         let before = msg.data.len();
         if msg.compressed {
             let inflater = self.inflater.get_or_insert_with(|| {
-                Inflater::new(peer_no_context_takeover(self.role, self.deflate))
+                Box::new(Inflater::new(peer_no_context_takeover(
+                    self.role,
+                    self.deflate,
+                )))
             });
             inflater.feed(&chunk, &mut msg.data, limit)?;
             if last {

@@ -36,7 +36,7 @@ impl Connection {
                     Deflater::new(level, bits, true).compress(&payload)
                 } else {
                     self.deflater
-                        .get_or_insert_with(|| Deflater::new(level, bits, false))
+                        .get_or_insert_with(|| Box::new(Deflater::new(level, bits, false)))
                         .compress(&payload)
                 };
                 self.push_frame(opcode, true, Bytes::from(compressed), out);
