@@ -16,6 +16,16 @@
 //!   then 10 s), the count restarting after a join succeeds or the socket opens;
 //! - pushes made while the channel is not joined are held and sent after the join, their
 //!   timeout running from the push;
+//! - pushes awaiting replies (sent, held, or kept for a resend) are bounded by
+//!   [`PhoenixOptions::max_pending`] (1,024): past it a push fails at once with
+//!   [`PushError::TooMany`] rather than the client's memory growing;
+//! - [`Channel::push_once`] (a spool addition, opt-in) adds an idempotency key to the payload,
+//!   `client_msg_id: "<run id>-<n>"` (the run id drawn from the OS per client), and keeps the
+//!   push until its reply confirms it: a push whose reply died with the connection (or a
+//!   crashed channel) is sent again, in order, after the channel rejoins. A server that drops
+//!   repeats of a key (`spool serve`'s `room:*` does) then sees it once; one that does not may
+//!   see it twice (at-least-once). A plain [`Channel::push`] is never resent: it fails with its
+//!   timeout if its connection dies (at-most-once), as in phoenix.js;
 //! - a heartbeat goes to the `phoenix` topic every [`PhoenixOptions::heartbeat_interval`]
 //!   (30 s). A dead peer is detected by the WebSocket keep-alive of the core machine
 //!   (ping, pong deadline), not by a missing heartbeat reply.
@@ -52,6 +62,10 @@ pub struct PhoenixOptions {
     /// reader that is not keeping up loses the newest, counted by [`Channel::dropped`] and
     /// logged, rather than the client's memory growing. Default 1,024.
     pub channel_buffer: usize,
+    /// The most pushes awaiting replies at once, over all channels (sent, held until a join,
+    /// or kept by [`Channel::push_once`] for a resend). Past it a push fails at once with
+    /// [`PushError::TooMany`]. Default 1,024, as the core's `max_calls`.
+    pub max_pending: usize,
 }
 
 impl Default for PhoenixOptions {
@@ -63,6 +77,7 @@ impl Default for PhoenixOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             channel_buffer: 1024,
+            max_pending: 1024,
         }
     }
 }
@@ -75,6 +90,7 @@ impl std::fmt::Debug for PhoenixOptions {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("channel_buffer", &self.channel_buffer)
+            .field("max_pending", &self.max_pending)
             .finish_non_exhaustive()
     }
 }
@@ -120,6 +136,10 @@ pub enum PushError {
     Timeout,
     /// The channel is closed, was never joined, or the client stopped.
     Closed,
+    /// [`PhoenixOptions::max_pending`] pushes await replies already; this one was not sent.
+    TooMany,
+    /// [`Channel::push_once`] needs a JSON object to put its key in.
+    NotAnObject,
 }
 
 impl std::fmt::Display for JoinError {
@@ -140,6 +160,8 @@ impl std::fmt::Display for PushError {
             PushError::Reply(status, r) => write!(f, "reply {status}: {r}"),
             PushError::Timeout => f.write_str("push timed out"),
             PushError::Closed => f.write_str("channel closed"),
+            PushError::TooMany => f.write_str("too many pushes awaiting replies"),
+            PushError::NotAnObject => f.write_str("push_once needs a JSON object payload"),
         }
     }
 }
@@ -169,6 +191,8 @@ enum Cmd {
         event: String,
         payload: Value,
         answer: PushAnswer,
+        /// With an idempotency key, kept until its reply and resent after a rejoin.
+        once: bool,
     },
     Leave {
         topic: String,
@@ -223,11 +247,25 @@ struct Chan {
     tries: u32,
     generation: u64,
     held: Vec<(String, Value, PushAnswer)>,
+    /// `push_once` pushes not yet answered, oldest first, with the ref of the copy in flight.
+    unconfirmed: std::collections::VecDeque<Keyed>,
     sinks: Sinks,
+}
+
+/// A [`Channel::push_once`] push awaiting its reply.
+struct Keyed {
+    event: String,
+    /// With its `client_msg_id`.
+    payload: Value,
+    answer: PushAnswer,
+    /// The ref of the copy sent on the current join, if one was.
+    sent: Option<String>,
 }
 
 enum Pending {
     Push(PushAnswer),
+    /// A `push_once` push of this topic (found in its channel's `unconfirmed` by ref).
+    Keyed(String),
     Join(String),
     Leave(Sender<()>),
 }
@@ -240,6 +278,11 @@ struct PhoenixHandler {
     timers: Sender<Cmd>,
     timeout: Duration,
     rejoin_after: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
+    max_pending: usize,
+    /// Drawn from the OS when the client is made: keys are `<run>-<n>`.
+    run: String,
+    /// The last key's `n`.
+    keys: u64,
 }
 
 fn frame(join_ref: Option<&str>, r: &str, topic: &str, event: &str, payload: &Value) -> Message {
@@ -321,6 +364,77 @@ impl PhoenixHandler {
     fn forget_abandoned(&mut self) {
         self.pending
             .retain(|_, p| !matches!(p, Pending::Push(a) if a.is_closed()));
+        for chan in self.channels.values_mut() {
+            chan.unconfirmed.retain(|k| {
+                let keep = !k.answer.is_closed();
+                if let (false, Some(r)) = (keep, &k.sent) {
+                    self.pending.remove(r);
+                }
+                keep
+            });
+        }
+    }
+
+    /// Pushes awaiting replies: sent, held for a join, or kept for a resend.
+    fn awaiting(&self) -> usize {
+        let sent = self
+            .pending
+            .values()
+            .filter(|p| matches!(p, Pending::Push(_)))
+            .count();
+        let kept: usize = self
+            .channels
+            .values()
+            .map(|c| c.held.len() + c.unconfirmed.len())
+            .sum();
+        sent + kept
+    }
+
+    /// Sends every unanswered `push_once` push of `topic` that has no copy in flight on the
+    /// current join, oldest first.
+    fn send_unconfirmed(&mut self, topic: &str) -> Vec<Message> {
+        let Some(chan) = self.channels.get(topic) else {
+            return Vec::new();
+        };
+        let join_ref = chan.join_ref.clone();
+        let due: Vec<usize> = (0..chan.unconfirmed.len())
+            .filter(|&i| chan.unconfirmed[i].sent.is_none())
+            .collect();
+        let mut out = Vec::new();
+        for i in due {
+            let r = self.make_ref();
+            self.pending
+                .insert(r.clone(), Pending::Keyed(topic.to_string()));
+            let Some(keyed) = self
+                .channels
+                .get_mut(topic)
+                .and_then(|c| c.unconfirmed.get_mut(i))
+            else {
+                continue;
+            };
+            keyed.sent = Some(r.clone());
+            out.push(frame(
+                join_ref.as_deref(),
+                &r,
+                topic,
+                &keyed.event,
+                &keyed.payload,
+            ));
+        }
+        out
+    }
+
+    /// The copies of `topic`'s `push_once` pushes in flight are lost (their connection or
+    /// join ended): each will be sent again after the next join.
+    fn unsend(&mut self, topic: &str) {
+        let Some(chan) = self.channels.get_mut(topic) else {
+            return;
+        };
+        for keyed in &mut chan.unconfirmed {
+            if let Some(r) = keyed.sent.take() {
+                self.pending.remove(&r);
+            }
+        }
     }
 
     fn on_reply(&mut self, r: &str, topic: &str, payload: &Value) -> Vec<Message> {
@@ -340,6 +454,24 @@ impl PhoenixHandler {
                 };
                 let _ = answer.try_send(result);
             }
+            Some(Pending::Keyed(keyed_topic)) => {
+                let chan = self.channels.get_mut(&keyed_topic);
+                let found = chan.and_then(|c| {
+                    let i = c
+                        .unconfirmed
+                        .iter()
+                        .position(|k| k.sent.as_deref() == Some(r))?;
+                    c.unconfirmed.remove(i)
+                });
+                if let Some(keyed) = found {
+                    let result = if status == "ok" {
+                        Ok(response)
+                    } else {
+                        Err(PushError::Reply(status, response))
+                    };
+                    let _ = keyed.answer.try_send(result);
+                }
+            }
             Some(Pending::Leave(answer)) => {
                 let _ = answer.try_send(());
             }
@@ -358,6 +490,9 @@ impl PhoenixHandler {
                         let _ = waiter.try_send(Ok(response));
                     }
                     let held = std::mem::take(&mut chan.held);
+                    // What an earlier join left unanswered goes first: it was pushed first.
+                    self.unsend(topic);
+                    out.extend(self.send_unconfirmed(topic));
                     for (event, payload, answer) in held {
                         if !answer.is_closed() {
                             out.push(self.push_frame(topic, &event, &payload, answer));
@@ -393,6 +528,7 @@ impl PhoenixHandler {
                     if let Some(r) = current {
                         self.pending.remove(&r);
                     }
+                    self.unsend(topic);
                     self.schedule_rejoin(topic);
                 }
             }
@@ -403,6 +539,9 @@ impl PhoenixHandler {
                     }
                     for (_, _, answer) in chan.held {
                         let _ = answer.try_send(Err(PushError::Closed));
+                    }
+                    for keyed in chan.unconfirmed {
+                        let _ = keyed.answer.try_send(Err(PushError::Closed));
                     }
                 }
             }
@@ -468,8 +607,12 @@ impl Handler for PhoenixHandler {
             chan.state = State::Errored;
             chan.generation += 1;
         }
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.unsend(&topic);
+        }
         self.pending.retain(|_, p| match p {
-            Pending::Join(_) => false,
+            Pending::Join(_) | Pending::Keyed(_) => false,
             Pending::Leave(answer) => {
                 let _ = answer.try_send(());
                 false
@@ -526,6 +669,7 @@ impl Handler for PhoenixHandler {
                         tries: 0,
                         generation: 0,
                         held: Vec::new(),
+                        unconfirmed: std::collections::VecDeque::new(),
                         sinks,
                     },
                 );
@@ -534,11 +678,48 @@ impl Handler for PhoenixHandler {
             Cmd::Push {
                 topic,
                 event,
-                payload,
+                mut payload,
                 answer,
+                once,
             } => {
-                let Some(chan) = self.channels.get_mut(&topic) else {
+                if !self.channels.contains_key(&topic) {
                     let _ = answer.try_send(Err(PushError::Closed));
+                    return Next::Ok;
+                }
+                if self.awaiting() >= self.max_pending {
+                    tracing::warn!(
+                        topic,
+                        event,
+                        max = self.max_pending,
+                        "push refused: too many pushes awaiting replies"
+                    );
+                    let _ = answer.try_send(Err(PushError::TooMany));
+                    return Next::Ok;
+                }
+                if once {
+                    let Some(object) = payload.as_object_mut() else {
+                        let _ = answer.try_send(Err(PushError::NotAnObject));
+                        return Next::Ok;
+                    };
+                    self.keys += 1;
+                    let key = format!("{}-{}", self.run, self.keys);
+                    object.insert("client_msg_id".into(), Value::String(key));
+                    let connected = self.connected;
+                    let Some(chan) = self.channels.get_mut(&topic) else {
+                        return Next::Ok;
+                    };
+                    chan.unconfirmed.push_back(Keyed {
+                        event,
+                        payload,
+                        answer,
+                        sent: None,
+                    });
+                    if chan.state == State::Joined && connected {
+                        return reply(self.send_unconfirmed(&topic));
+                    }
+                    return Next::Ok;
+                }
+                let Some(chan) = self.channels.get_mut(&topic) else {
                     return Next::Ok;
                 };
                 if chan.state == State::Joined && self.connected {
@@ -555,6 +736,12 @@ impl Handler for PhoenixHandler {
                 };
                 for (_, _, held) in chan.held {
                     let _ = held.try_send(Err(PushError::Closed));
+                }
+                for keyed in chan.unconfirmed {
+                    if let Some(r) = keyed.sent {
+                        self.pending.remove(&r);
+                    }
+                    let _ = keyed.answer.try_send(Err(PushError::Closed));
                 }
                 if let Some(join_ref) = chan.join_ref.filter(|_| self.connected) {
                     self.pending.remove(&join_ref);
@@ -656,6 +843,12 @@ impl PhoenixClient {
             timers,
             timeout: options.timeout,
             rejoin_after: options.rejoin_after.clone(),
+            max_pending: options.max_pending.max(1),
+            run: crate::io::random_bytes::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            keys: 0,
         };
         let handle = reconnecting::connect(config, handler).map_err(ConnectError::Client)?;
         let sender = handle.sender();
@@ -794,12 +987,49 @@ impl Channel {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, PushError> {
+        self.push_inner(event, payload, timeout, false).await
+    }
+
+    /// Pushes `event` with `payload` (a JSON object) plus an idempotency key, `client_msg_id`,
+    /// unique in this client's run, and waits for its reply, at most the client's timeout.
+    /// Until the reply comes the push is kept and, if its connection dies or its channel
+    /// crashes, sent again (same key, in order) after the channel rejoins: with a server that
+    /// drops repeats of a key it arrives once; with one that does not, at least once. A push
+    /// whose caller stopped waiting (the timeout) is forgotten.
+    ///
+    /// # Errors
+    /// [`PushError`]; [`PushError::NotAnObject`] for a payload that is not an object.
+    pub async fn push_once(&self, event: &str, payload: Value) -> Result<Value, PushError> {
+        self.push_inner(event, payload, self.timeout, true).await
+    }
+
+    /// [`Channel::push_once`] with its own timeout.
+    ///
+    /// # Errors
+    /// [`PushError`].
+    pub async fn push_once_with_timeout(
+        &self,
+        event: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, PushError> {
+        self.push_inner(event, payload, timeout, true).await
+    }
+
+    async fn push_inner(
+        &self,
+        event: &str,
+        payload: Value,
+        timeout: Duration,
+        once: bool,
+    ) -> Result<Value, PushError> {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Push {
             topic: self.topic.clone(),
             event: event.to_string(),
             payload,
             answer,
+            once,
         };
         self.sender.info(cmd).await.map_err(|_| PushError::Closed)?;
         match within(timeout, answered).await {

@@ -300,3 +300,91 @@ fn a_reader_that_falls_behind_loses_the_newest_messages_counted() {
     });
     server.shutdown();
 }
+
+#[test]
+fn pushes_awaiting_replies_are_bounded_and_one_past_the_bound_is_refused_at_once() {
+    let server = serve("127.0.0.1:0");
+    let url = format!("ws://{}/socket", server.local_addr());
+    let client = PhoenixClient::connect(
+        &url,
+        PhoenixOptions {
+            max_pending: 4,
+            ..options()
+        },
+    )
+    .unwrap();
+    smol::block_on(async {
+        let room = client.channel("room:bound", json!({}));
+        assert_eq!(room.join().await, Ok(json!({})));
+        // The demo channel never answers `silence`: four pushes wait for their timeouts.
+        let timeout = Duration::from_millis(1_500);
+        let mut waiting: Vec<_> = (0..4)
+            .map(|n| Box::pin(room.push_with_timeout("silence", json!({ "n": n }), timeout)))
+            .collect();
+        for push in &mut waiting {
+            // The first poll hands the push to the client (in order); no reply comes.
+            assert!(futures_lite::future::poll_once(push).await.is_none());
+        }
+        let started = Instant::now();
+        assert_eq!(
+            room.push("ping", json!({})).await,
+            Err(PushError::TooMany),
+            "the fifth push is refused"
+        );
+        assert!(
+            started.elapsed() < timeout,
+            "refused at once, not timed out"
+        );
+        // push_once counts too, and is refused the same way.
+        assert_eq!(
+            room.push_once("shout", json!({ "body": "x" })).await,
+            Err(PushError::TooMany)
+        );
+        for push in waiting {
+            assert_eq!(push.await, Err(PushError::Timeout));
+        }
+        // Their callers gave up, so they no longer count: pushes go through again.
+        let reply = room.push("ping", json!({"n": 5})).await;
+        assert_eq!(reply, Ok(json!({"pong": {"n": 5}})));
+    });
+    smol::block_on(client.close());
+}
+
+#[test]
+fn push_once_adds_a_key_and_a_repeat_of_it_is_answered_but_not_broadcast() {
+    let server = serve("127.0.0.1:0");
+    let client = connect(&server);
+    smol::block_on(async {
+        let room = client.channel("room:once", json!({}));
+        assert_eq!(room.join().await, Ok(json!({})));
+        assert_eq!(
+            room.push_once("shout", json!({"body": "a"})).await,
+            Ok(json!({}))
+        );
+        let heard = next_event(&room, "shout", Duration::from_secs(3))
+            .await
+            .unwrap();
+        let key = heard["client_msg_id"].as_str().unwrap().to_string();
+        assert_eq!(heard["body"], "a");
+        // The same key again, as a resend after a lost reply would carry it.
+        let repeat = json!({"body": "a", "client_msg_id": key});
+        assert_eq!(
+            room.push("shout", repeat).await,
+            Ok(json!({"duplicate": true}))
+        );
+        assert_eq!(
+            room.push_once("shout", json!({"body": "b"})).await,
+            Ok(json!({}))
+        );
+        let next = next_event(&room, "shout", Duration::from_secs(3))
+            .await
+            .unwrap();
+        assert_eq!(next["body"], "b", "the repeat was not broadcast");
+        assert_ne!(next["client_msg_id"], key.as_str());
+        assert_eq!(
+            room.push_once("shout", json!("not an object")).await,
+            Err(spool_smol::phoenix::PushError::NotAnObject)
+        );
+    });
+    smol::block_on(client.close());
+}
