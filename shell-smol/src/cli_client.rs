@@ -1,4 +1,19 @@
 //! `spool client URL`: stdin lines out as text messages, what arrives on stdout, reconnecting.
+//!
+//! Delivery across a connection that dies mid-stream: a line counts as sent once the server
+//! answered a ping sent after it (the pong proves the server read every earlier frame). A
+//! line whose confirming pong died with the connection is sent again after the reconnect, so:
+//!
+//! - raw WebSocket mode is at-least-once: such a line can arrive twice (never lost, never
+//!   reordered). `--resend-unconfirmed false` makes it at-most-once: a line is forgotten once
+//!   written, and what was in flight when the connection died can be lost, never duplicated.
+//! - `--phoenix` mode is exactly-once with a receiver that helps: each push carries an
+//!   idempotency key, `{"body": line, "client_msg_id": "<run id>-<n>"}` (the run id drawn from
+//!   the OS once per process, `n` counting lines from 1), and `spool serve`'s `room:*` channel
+//!   drops a repeat of a key it has seen (the last 4,096 a topic; see
+//!   `spool_core::channel::demo`). Exactly-once over an ambiguous failure cannot be had
+//!   without the receiver (Two Generals); Slack's `client_msg_id`, Discord's `nonce` and
+//!   Matrix's `txn_id` do the same.
 
 use std::io::{BufRead as _, Write as _};
 use std::time::Duration;
@@ -7,6 +22,7 @@ use serde_json::{Value, json};
 use spool_core::client::{self, Backoff, Proxy, proxy_from_env};
 use spool_core::ws::{Message, Url};
 
+use crate::io::random_bytes;
 use crate::reconnecting::{self, Handler, Next};
 
 /// What `spool client` was asked to do.
@@ -34,6 +50,9 @@ pub struct Options {
     pub phoenix_topic: Option<String>,
     /// Write the session's event log here.
     pub record: Option<std::path::PathBuf>,
+    /// Keep lines until a pong confirms them and send them again after a reconnect
+    /// (at-least-once); false: forget a line once written (at-most-once).
+    pub resend_unconfirmed: bool,
 }
 
 /// Runs the client until stdin closes and the queue is sent (or the grace period ends).
@@ -71,6 +90,7 @@ pub fn run(options: Options) -> Result<(), String> {
         ..Backoff::default()
     };
     config.queue_max = options.queue_max.max(1);
+    config.resend_unconfirmed = options.resend_unconfirmed;
     config.proxy = proxy;
     let grace = Duration::from_millis(options.grace_ms);
     let record = options.record.as_deref();
@@ -78,8 +98,11 @@ pub fn run(options: Options) -> Result<(), String> {
         Some(topic) => {
             config.hold_until_ready = true;
             let handler = Phoenix::new(topic.clone());
-            run_with(config, handler, grace, record, move |line, r| {
-                Message::text(push(&topic, r, "shout", &json!({ "body": line })))
+            // The run id: drawn from the OS here, carried into the core inside each message.
+            let run = hex(&random_bytes::<8>());
+            run_with(config, handler, grace, record, move |line, n| {
+                let payload = json!({ "body": line, "client_msg_id": format!("{run}-{n}") });
+                Message::text(push(&topic, PUSH_REF_BASE + n, "shout", &payload))
             })
         }
         None => run_with(config, Lines, grace, record, |line, _| Message::text(line)),
@@ -100,16 +123,16 @@ fn run_with<H: Handler<Info = ()>>(
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut line = String::new();
-        // Push refs count from 1000, clear of the join's.
-        let mut reference = 1_000u64;
+        // Lines count from 1.
+        let mut n = 0u64;
         loop {
             line.clear();
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let text = line.trim_end_matches(['\n', '\r']).to_string();
-                    reference += 1;
-                    if sender.send_blocking(encode(text, reference)).is_err() {
+                    n += 1;
+                    if sender.send_blocking(encode(text, n)).is_err() {
                         break;
                     }
                 }
@@ -177,6 +200,14 @@ impl Handler for Lines {
     fn handle_dropped(&mut self, dropped: u64) {
         eprintln!("spool client: queue full, dropped={dropped}");
     }
+}
+
+/// Push refs count from here, clear of the join's.
+const PUSH_REF_BASE: u64 = 1_000;
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A Phoenix V2 push frame.

@@ -161,8 +161,13 @@ struct ClientArgs {
     /// [default: $https_proxy for wss://, $http_proxy for ws://, unless $no_proxy names the host].
     #[arg(long, value_name = "URL")]
     proxy: Option<String>,
-    /// Speak Phoenix channels: each line is pushed as `shout` {"body": line}, broadcasts are
-    /// printed.
+    /// Keep each line until a pong confirms the server read it, and send it again after a
+    /// reconnect if none did: at-least-once (a line can arrive twice). false: at-most-once (a
+    /// line in flight when the connection dies can be lost).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    resend_unconfirmed: bool,
+    /// Speak Phoenix channels: each line is pushed as `shout` {"body": line, "client_msg_id":
+    /// "<run id>-<n>"} (the key lets the server drop a resent repeat), broadcasts are printed.
     #[arg(long, requires = "join")]
     phoenix: bool,
     /// The topic to join with --phoenix.
@@ -433,6 +438,7 @@ fn main() -> ExitCode {
             proxy: args.proxy,
             phoenix_topic: args.join,
             record: args.record,
+            resend_unconfirmed: args.resend_unconfirmed,
         }),
         Command::Serve(args) => serve(args),
         Command::Replay { log } => replay(&log),

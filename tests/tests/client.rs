@@ -827,3 +827,212 @@ fn phoenix_mode_rejoins_a_restarted_spool_serve_and_loses_nothing() {
     );
     chat.shutdown();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Exactly once through faults mid-stream: idempotency keys and the demo channel's memory.
+
+/// A Rust Phoenix client joined to `topic` directly (no proxy), collecting the `body` of every
+/// `shout` it hears, in order.
+fn phoenix_listener(
+    addr: SocketAddr,
+    topic: &str,
+) -> (spool_smol::phoenix::PhoenixClient, Arc<Mutex<Vec<String>>>) {
+    use spool_smol::phoenix::{PhoenixClient, PhoenixOptions};
+    let options = PhoenixOptions {
+        channel_buffer: 1 << 16,
+        ..PhoenixOptions::default()
+    };
+    let client = PhoenixClient::connect(&format!("ws://{addr}/socket"), options).unwrap();
+    let channel = client.channel(topic, serde_json::json!({}));
+    smol::block_on(channel.join()).expect("the listener joins");
+    let heard: Arc<Mutex<Vec<String>>> = Arc::default();
+    let h = heard.clone();
+    thread::spawn(move || {
+        smol::block_on(async {
+            while let Some(message) = channel.recv().await {
+                if message.event == "shout" {
+                    let body = message.payload["body"].as_str().unwrap_or("?").to_string();
+                    h.lock().unwrap().push(body);
+                }
+            }
+        });
+    });
+    (client, heard)
+}
+
+/// Faults the proxy's connections each time `progress()` passes another of `marks`, without
+/// waiting for anything to be confirmed, and once the client is connected again. Returns the
+/// faults made.
+fn fault_at_marks(
+    proxy: &FaultProxy,
+    marks: &[usize],
+    mut progress: impl FnMut() -> usize,
+    done: impl Fn() -> bool,
+) -> usize {
+    let faults = [Fault::Reset, Fault::Close];
+    let mut made = 0;
+    for (i, &mark) in marks.iter().enumerate() {
+        let start = Instant::now();
+        while progress() < mark && !done() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "stalled below {mark}"
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+        if done() {
+            break;
+        }
+        // Only a live connection can be faulted: wait for the proxy to hold one.
+        while proxy.conns.lock().unwrap().is_empty() && !done() {
+            assert!(start.elapsed() < Duration::from_secs(30), "no connection");
+            thread::sleep(Duration::from_millis(1));
+        }
+        proxy.fault(faults[i % faults.len()]);
+        made += 1;
+    }
+    made
+}
+
+#[test]
+fn phoenix_mode_delivers_every_line_exactly_once_in_order_through_faults_mid_stream() {
+    const N: usize = 4_000;
+    let chat = spool_smol::chat::serve(spool_smol::chat::ChatOptions {
+        bind: "127.0.0.1:0".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let proxy = FaultProxy::start(chat.local_addr());
+    let (_listener, heard) = phoenix_listener(chat.local_addr(), "room:once");
+    let url = format!("ws://{}/socket/websocket", proxy.addr);
+    let mut talker = Client::spawn(
+        &url,
+        &[
+            "--phoenix",
+            "--join",
+            "room:once",
+            "--ping-interval-ms",
+            &PING_MS.to_string(),
+            "--pong-timeout-ms",
+            &PONG_MS.to_string(),
+            "--backoff-initial-ms",
+            &BACKOFF_INITIAL_MS.to_string(),
+            "--backoff-cap-ms",
+            &BACKOFF_CAP_MS.to_string(),
+            "--connect-timeout-ms",
+            &CONNECT_TIMEOUT_MS.to_string(),
+            "--queue-max",
+            "100000",
+            "--grace-ms",
+            "20000",
+        ],
+        &[],
+    );
+    let mut stdin = talker.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        // Lines keep flowing while the faults happen: a few at a time, no waiting for answers.
+        for (i, line) in lines(0..N).into_iter().enumerate() {
+            writeln!(stdin, "{line}").unwrap();
+            if i % 4 == 3 {
+                stdin.flush().unwrap();
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // stdin closes here: the client sends what is queued and exits.
+    });
+    let marks: Vec<usize> = (1..=8).map(|k| k * N / 10).collect();
+    let count = || heard.lock().unwrap().len();
+    let faults = fault_at_marks(&proxy, &marks, count, || count() >= N);
+    writer.join().unwrap();
+    let status = talker.finish(Duration::from_secs(30));
+    wait_until(
+        Duration::from_secs(10),
+        "every line at the listener",
+        || count() >= N,
+    );
+    thread::sleep(Duration::from_millis(200)); // anything extra would arrive by now
+    let heard = heard.lock().unwrap().clone();
+    println!(
+        "{faults} faults mid-stream; {} lines heard; talker stderr: {:?}",
+        heard.len(),
+        talker.stderr()
+    );
+    assert!(status.success());
+    assert!(faults >= 4, "only {faults} faults landed");
+    let first_wrong = heard.iter().zip(lines(0..N)).position(|(a, b)| *a != b);
+    assert!(
+        heard.len() == N && first_wrong.is_none(),
+        "lost, duplicated or reordered: {} heard, first difference at {first_wrong:?}: {:?}",
+        heard.len(),
+        first_wrong.map(|i| &heard[i.saturating_sub(2)..(i + 3).min(heard.len())])
+    );
+    chat.shutdown();
+}
+
+#[test]
+fn the_rust_phoenix_clients_push_once_arrives_exactly_once_through_faults() {
+    use spool_smol::phoenix::{PhoenixClient, PhoenixOptions};
+    const N: usize = 400;
+    let chat = spool_smol::chat::serve(spool_smol::chat::ChatOptions {
+        bind: "127.0.0.1:0".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let proxy = FaultProxy::start(chat.local_addr());
+    let (_listener, heard) = phoenix_listener(chat.local_addr(), "room:once-rs");
+    let options = PhoenixOptions {
+        rejoin_after: Arc::new(|_| Duration::from_millis(50)),
+        backoff: spool_core::client::Backoff {
+            initial_ms: BACKOFF_INITIAL_MS,
+            max_ms: BACKOFF_CAP_MS,
+            ..Default::default()
+        },
+        connect_timeout: Duration::from_millis(CONNECT_TIMEOUT_MS),
+        ..PhoenixOptions::default()
+    };
+    let talker = PhoenixClient::connect(&format!("ws://{}/socket", proxy.addr), options).unwrap();
+    let channel = talker.channel("room:once-rs", serde_json::json!({}));
+    smol::block_on(channel.join()).expect("the talker joins");
+    let pushing = thread::spawn(move || {
+        smol::block_on(async {
+            // Several pushes in flight at once, so that a fault catches some unanswered.
+            for chunk in lines(0..N).chunks(8) {
+                let mut pushes: Vec<_> = chunk
+                    .iter()
+                    .map(|line| {
+                        Box::pin(channel.push_once("shout", serde_json::json!({ "body": line })))
+                    })
+                    .collect();
+                // The first poll hands each push to the client, in order.
+                let mut answers = Vec::new();
+                for push in &mut pushes {
+                    answers.push(futures_lite::future::poll_once(push).await);
+                }
+                for (answer, push) in answers.into_iter().zip(pushes) {
+                    let answer = match answer {
+                        Some(answer) => answer,
+                        None => push.await,
+                    };
+                    answer.expect("every push_once is answered ok");
+                }
+            }
+        });
+        talker
+    });
+    let marks: Vec<usize> = (1..=6).map(|k| k * N / 8).collect();
+    let count = || heard.lock().unwrap().len();
+    let faults = fault_at_marks(&proxy, &marks, count, || count() >= N);
+    let talker = pushing.join().unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "every push at the listener",
+        || count() >= N,
+    );
+    thread::sleep(Duration::from_millis(200));
+    let heard = heard.lock().unwrap().clone();
+    println!("{faults} faults mid-stream; {} pushes heard", heard.len());
+    assert!(faults >= 3, "only {faults} faults landed");
+    assert_eq!(heard, lines(0..N), "lost, duplicated or reordered");
+    smol::block_on(talker.close());
+    chat.shutdown();
+}
