@@ -1075,3 +1075,105 @@ fn the_rust_phoenix_clients_push_once_arrives_exactly_once_through_faults() {
     smol::block_on(talker.close());
     chat.shutdown();
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory with the queue full.
+
+/// The resident set of process `pid`, in KiB, from /proc.
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+#[test]
+fn with_the_queue_full_memory_stays_flat_and_dropped_counts_exactly() {
+    const LINES: usize = 200_000;
+    const QUEUE_MAX: usize = 1_000;
+    const EARLY: usize = 5_000;
+    // An unbounded queue would hold (LINES - EARLY) more lines of 100 bytes: about 19 MiB.
+    const BOUND_KIB: u64 = 8 * 1024;
+    // Nothing listens on this port: every attempt is refused.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut client = Client::spawn(
+        &format!("ws://127.0.0.1:{port}/"),
+        &[
+            "--queue-max",
+            &QUEUE_MAX.to_string(),
+            "--backoff-initial-ms",
+            "50",
+            "--backoff-cap-ms",
+            "200",
+            "--grace-ms",
+            "200",
+        ],
+        &[],
+    );
+    let pid = client.child.id();
+    let dropped = |client: &Client| {
+        let stderr = client.stderr.lock().unwrap();
+        stderr
+            .iter()
+            .rev()
+            .find_map(|l| {
+                l.split("dropped=")
+                    .nth(1)
+                    .and_then(|n| n.parse::<usize>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let feed = |client: &mut Client, range: std::ops::Range<usize>| {
+        let stdin = client.stdin.as_mut().unwrap();
+        let mut chunk = String::with_capacity(100 * 1_000);
+        for i in range {
+            chunk.push_str(&format!("{i:0>99}\n")); // 100 bytes with the newline
+            if chunk.len() >= 100 * 1_000 {
+                stdin.write_all(chunk.as_bytes()).unwrap();
+                chunk.clear();
+            }
+        }
+        stdin.write_all(chunk.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    feed(&mut client, 0..EARLY);
+    let wait = Duration::from_secs(60);
+    wait_until(wait, "the early lines", || {
+        dropped(&client) == EARLY - QUEUE_MAX
+    });
+    let early_kib = vm_rss_kib(pid);
+    feed(&mut client, EARLY..LINES);
+    wait_until(wait, "the last line", || {
+        dropped(&client) == LINES - QUEUE_MAX
+    });
+    let last_kib = vm_rss_kib(pid);
+    println!(
+        "queue full: VmRSS {early_kib} KiB after {EARLY} lines, {last_kib} KiB after {LINES} \
+         (growth {} KiB, bound {BOUND_KIB} KiB); dropped={}",
+        last_kib.saturating_sub(early_kib),
+        dropped(&client)
+    );
+    assert!(
+        last_kib <= early_kib + BOUND_KIB,
+        "resident memory grew from {early_kib} KiB to {last_kib} KiB"
+    );
+    // Nothing more is dropped, and the count is exact: every line past the queue, once.
+    assert!(client.finish(Duration::from_secs(10)).success());
+    let counts: Vec<usize> = client
+        .stderr()
+        .iter()
+        .filter_map(|l| l.split("dropped=").nth(1).and_then(|n| n.parse().ok()))
+        .collect();
+    assert_eq!(counts.len(), LINES - QUEUE_MAX);
+    assert_eq!(counts.last(), Some(&(LINES - QUEUE_MAX)));
+    assert!(
+        counts.windows(2).all(|w| w[1] == w[0] + 1),
+        "a running total"
+    );
+}
