@@ -3,13 +3,16 @@
 //!
 //! One driver thread owns the machine and the handler and waits on one channel, with a timeout
 //! at the machine's next deadline; a short-lived thread per attempt opens the TCP connection,
-//! and a reader thread per connection turns reads into messages on that channel. Plain
-//! `ws://` (through a proxy too); a `wss://` URL fails each attempt with a TLS error (use
-//! spool-smol's driver for TLS).
+//! and a reader thread per connection turns reads into messages on that channel. `ws://` and
+//! `wss://`, through a proxy too: TLS (rustls) runs on the driver thread as a byte-in,
+//! byte-out machine of its own, fed by the reader thread's raw reads, so that the socket is
+//! never shared behind a lock. [`connect`] trusts the Mozilla roots; [`connect_with_tls`]
+//! takes a rustls configuration of your own (a test CA, a company root).
 
 use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs as _};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::Duration;
@@ -100,8 +103,29 @@ impl<H: Handler> ClientHandle<H> {
 /// # Errors
 /// [`ConfigError`] when the configuration makes no sense.
 pub fn connect<H: Handler>(
+    config: client::Config,
+    handler: H,
+) -> Result<ClientHandle<H>, ConfigError> {
+    connect_inner(config, handler, None)
+}
+
+/// [`connect`], with `tls` for `wss://` URLs instead of a configuration trusting the Mozilla
+/// roots (`spool_std::tls::client_config(Some(ca))` makes one that also trusts a CA file).
+///
+/// # Errors
+/// [`ConfigError`] when the configuration makes no sense.
+pub fn connect_with_tls<H: Handler>(
+    config: client::Config,
+    handler: H,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<ClientHandle<H>, ConfigError> {
+    connect_inner(config, handler, Some(tls))
+}
+
+fn connect_inner<H: Handler>(
     mut config: client::Config,
     handler: H,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<ClientHandle<H>, ConfigError> {
     if config.jitter_seed == 0 {
         let mut seed = [0u8; 8];
@@ -117,6 +141,8 @@ pub fn connect<H: Handler>(
         handler,
         inputs: inputs.clone(),
         stream: None,
+        tls: None,
+        tls_config,
         attempt: 0,
         connect_timeout,
         waiters: HashMap::new(),
@@ -146,6 +172,10 @@ struct Driver<H: Handler> {
     handler: H,
     inputs: Sender<Input<H>>,
     stream: Option<TcpStream>,
+    /// TLS over `stream`, once the machine asked for it.
+    tls: Option<Tls>,
+    /// What `wss://` trusts; `None`: the Mozilla roots, made at the first TLS attempt.
+    tls_config: Option<Arc<rustls::ClientConfig>>,
     /// Counts attempts, so that a late message from an abandoned one is ignored.
     attempt: u64,
     connect_timeout: Duration,
@@ -249,11 +279,13 @@ impl<H: Handler> Driver<H> {
                     reason: e.to_string(),
                 }),
             },
-            Input::Bytes(attempt, bytes) if attempt == self.attempt => {
-                self.step(Event::Receive { now_ms, bytes });
-            }
+            Input::Bytes(attempt, bytes) if attempt == self.attempt => match self.tls.is_some() {
+                true => self.tls_received(&bytes, now_ms),
+                false => self.step(Event::Receive { now_ms, bytes }),
+            },
             Input::Closed(attempt) if attempt == self.attempt && self.stream.is_some() => {
                 self.stream = None;
+                self.tls = None;
                 self.step(Event::TransportClosed { now_ms });
             }
             // From an attempt given up already.
@@ -329,20 +361,26 @@ impl<H: Handler> Driver<H> {
                         let _ = inputs.send(Input::Connected(attempt, result));
                     });
                 }
-                Outbound::StartTls { .. } => {
-                    let now_ms = self.clock.now_ms();
-                    let reason = "spool-std's reconnecting client speaks ws:// only".to_string();
-                    self.pending.push(Event::TlsFailed { now_ms, reason });
+                Outbound::StartTls { host } => {
+                    if let Err(reason) = self.start_tls(&host) {
+                        tracing::debug!("TLS failed: {reason}");
+                        let now_ms = self.clock.now_ms();
+                        self.pending.push(Event::TlsFailed { now_ms, reason });
+                    }
                 }
                 Outbound::Transmit(t) => {
-                    if let Some(stream) = self.stream.as_mut() {
-                        let [head, body] = t.slices();
-                        let written = stream.write_all(head).and_then(|()| stream.write_all(body));
-                        write_failed |= written.is_err();
-                    }
+                    let [head, body] = t.slices();
+                    write_failed |= self.write(head).and_then(|()| self.write(body)).is_err();
                 }
                 Outbound::Disconnect => {
                     self.attempt += 1; // whatever the old connection still says is stale
+                    if let Some(mut tls) = self.tls.take() {
+                        // A polite close_notify; the shutdown below ends it either way.
+                        tls.conn.send_close_notify();
+                        if let Some(stream) = self.stream.as_mut() {
+                            let _ = tls.flush(stream);
+                        }
+                    }
                     if let Some(stream) = self.stream.take() {
                         let _ = stream.shutdown(Shutdown::Both);
                     }
@@ -383,9 +421,123 @@ impl<H: Handler> Driver<H> {
             }
         }
         if write_failed && self.stream.take().is_some() {
+            tracing::debug!("write failed: the connection is gone");
+            self.tls = None;
             let now_ms = self.clock.now_ms();
             self.pending.push(Event::TransportClosed { now_ms });
         }
+    }
+
+    /// Writes `bytes` to the connection, through TLS when it has some.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        match self.tls.as_mut() {
+            Some(tls) => {
+                tls.conn.writer().write_all(bytes)?;
+                tls.flush(stream)
+            }
+            None => stream.write_all(bytes),
+        }
+    }
+
+    /// Begins TLS for `host` over the open connection: the ClientHello goes out now, the
+    /// answer comes through the reader thread into [`Driver::tls_received`].
+    fn start_tls(&mut self, host: &str) -> Result<(), String> {
+        let config = match &self.tls_config {
+            Some(config) => config.clone(),
+            None => {
+                let config = crate::tls::client_config(None)?;
+                self.tls_config = Some(config.clone());
+                config
+            }
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or("no connection to start TLS on")?;
+        let mut tls = Tls {
+            conn,
+            secured: false,
+        };
+        tls.flush(stream).map_err(|e| format!("{host}: {e}"))?;
+        self.tls = Some(tls);
+        Ok(())
+    }
+
+    /// Bytes read from a TLS connection: decrypt, tell the machine when the handshake is done,
+    /// hand it the plaintext, send what TLS wants sent.
+    fn tls_received(&mut self, mut bytes: &[u8], now_ms: u64) {
+        let (Some(tls), Some(stream)) = (self.tls.as_mut(), self.stream.as_mut()) else {
+            return;
+        };
+        let mut plain = Vec::new();
+        let mut failure = None;
+        while !bytes.is_empty() && failure.is_none() {
+            match tls.conn.read_tls(&mut bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => failure = Some(e.to_string()),
+            }
+            if let Err(e) = tls.conn.process_new_packets() {
+                failure = Some(e.to_string());
+            }
+            // Drain the plaintext after every record batch, so rustls's buffer never fills.
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match tls.conn.reader().read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => plain.extend_from_slice(&buf[..n]),
+                }
+            }
+        }
+        let flushed = tls.flush(stream);
+        let just_secured = !tls.secured && !tls.conn.is_handshaking();
+        if just_secured && failure.is_none() {
+            tls.secured = true;
+        }
+        let was_secured = tls.secured;
+        if let Some(reason) = failure.or_else(|| flushed.err().map(|e| e.to_string())) {
+            tracing::debug!("TLS failed: {reason}");
+            self.tls = None;
+            if let Some(stream) = self.stream.take() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+            self.attempt += 1;
+            return match was_secured {
+                true => self.step(Event::TransportClosed { now_ms }),
+                false => self.step(Event::TlsFailed { now_ms, reason }),
+            };
+        }
+        if just_secured {
+            self.step(Event::Secured { now_ms });
+        }
+        if !plain.is_empty() {
+            let bytes = Bytes::from(plain);
+            self.step(Event::Receive { now_ms, bytes });
+        }
+    }
+}
+
+/// A rustls client connection over the driver's socket: records in through
+/// [`Driver::tls_received`], out through [`Tls::flush`].
+struct Tls {
+    conn: rustls::ClientConnection,
+    /// The handshake is done and the machine was told.
+    secured: bool,
+}
+
+impl Tls {
+    /// Writes every TLS record waiting to go out.
+    fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(stream)?;
+        }
+        Ok(())
     }
 }
 
