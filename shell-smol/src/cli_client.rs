@@ -11,7 +11,10 @@
 //!   idempotency key, `{"body": line, "client_msg_id": "<run id>-<n>"}` (the run id drawn from
 //!   the OS once per process, `n` counting lines from 1), and `spool serve`'s `room:*` channel
 //!   drops a repeat of a key it has seen (the last 4,096 a topic; see
-//!   `spool_core::channel::demo`). Exactly-once over an ambiguous failure cannot be had
+//!   `spool_core::channel::demo`). A push counts as sent once its reply came (the server
+//!   handled it, not only read it), and what a crashed channel had not answered is sent again
+//!   after the rejoin; `--confirm-by pong` counts pongs instead, for a server whose channel
+//!   does not reply. Exactly-once over an ambiguous failure cannot be had
 //!   without the receiver (Two Generals); Slack's `client_msg_id`, Discord's `nonce` and
 //!   Matrix's `txn_id` do the same.
 
@@ -53,6 +56,9 @@ pub struct Options {
     /// Keep lines until a pong confirms them and send them again after a reconnect
     /// (at-least-once); false: forget a line once written (at-most-once).
     pub resend_unconfirmed: bool,
+    /// With `phoenix_topic`: a push counts as sent once its reply came (true), or once a pong
+    /// came after it (false: for a server whose channel does not reply to `shout`).
+    pub confirm_by_reply: bool,
 }
 
 /// Runs the client until stdin closes and the queue is sent (or the grace period ends).
@@ -97,7 +103,8 @@ pub fn run(options: Options) -> Result<(), String> {
     match options.phoenix_topic {
         Some(topic) => {
             config.hold_until_ready = true;
-            let handler = Phoenix::new(topic.clone());
+            config.confirm_by_reply = options.confirm_by_reply;
+            let handler = Phoenix::new(topic.clone(), options.confirm_by_reply);
             // The run id: drawn from the OS here, carried into the core inside each message.
             let run = hex(&random_bytes::<8>());
             run_with(config, handler, grace, record, move |line, n| {
@@ -224,13 +231,16 @@ const JOIN_REF: &str = "1";
 struct Phoenix {
     topic: String,
     heartbeat_ref: u64,
+    /// Replies confirm pushes (`client::Config::confirm_by_reply`).
+    by_reply: bool,
 }
 
 impl Phoenix {
-    fn new(topic: String) -> Phoenix {
+    fn new(topic: String, by_reply: bool) -> Phoenix {
         Phoenix {
             topic,
             heartbeat_ref: 0,
+            by_reply,
         }
     }
 }
@@ -252,7 +262,7 @@ impl Handler for Phoenix {
         let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(text) else {
             return Next::Ok;
         };
-        let [_join_ref, reference, topic, event, payload] = &parts[..] else {
+        let [join_ref, reference, topic, event, payload] = &parts[..] else {
             return Next::Ok;
         };
         match event.as_str() {
@@ -262,13 +272,26 @@ impl Handler for Phoenix {
                 }
                 eprintln!("spool client: join refused: {}", payload["response"]);
             }
-            Some("phx_reply") if payload["status"] != "ok" => {
-                eprintln!("spool client: push refused: {}", payload["response"]);
+            Some("phx_reply") => {
+                if payload["status"] != "ok" {
+                    eprintln!("spool client: push refused: {}", payload["response"]);
+                }
+                // A reply under our join answers the oldest push not yet answered: a channel
+                // handles its pushes in order. One without it (an unmatched topic, after a
+                // crash) answers nothing: that push is sent again after the rejoin.
+                let push = reference
+                    .as_str()
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .is_some_and(|r| r > PUSH_REF_BASE);
+                if self.by_reply && push && join_ref.as_str() == Some(JOIN_REF) {
+                    return Next::Confirmed(1);
+                }
             }
             Some("phx_error") if topic.as_str() == Some(&self.topic) => {
-                // The channel crashed: join again on this connection (phoenix.js rejoins).
+                // The channel crashed: join again on this connection (phoenix.js rejoins),
+                // and send again, after the join, what it had not answered.
                 let join = json!([JOIN_REF, JOIN_REF, self.topic, "phx_join", {}]).to_string();
-                return Next::Reply(vec![Message::text(join)]);
+                return Next::Rewind(vec![Message::text(join)]);
             }
             Some(event) if !event.starts_with("phx_") && !event.starts_with("presence_") => {
                 match payload.get("body").and_then(Value::as_str) {

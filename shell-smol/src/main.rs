@@ -166,6 +166,10 @@ struct ClientArgs {
     /// line in flight when the connection dies can be lost).
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     resend_unconfirmed: bool,
+    /// What confirms a line: `reply` (with --phoenix, the default: the push's reply) or `pong`
+    /// (a pong after it: the server read it; the only choice without --phoenix).
+    #[arg(long, value_name = "HOW", value_parser = ["reply", "pong"])]
+    confirm_by: Option<String>,
     /// Speak Phoenix channels: each line is pushed as `shout` {"body": line, "client_msg_id":
     /// "<run id>-<n>"} (the key lets the server drop a resent repeat), broadcasts are printed.
     #[arg(long, requires = "join")]
@@ -439,6 +443,14 @@ fn main() -> ExitCode {
             phoenix_topic: args.join,
             record: args.record,
             resend_unconfirmed: args.resend_unconfirmed,
+            confirm_by_reply: match args.confirm_by.as_deref() {
+                Some("reply") if !args.phoenix => {
+                    eprintln!("spool client: --confirm-by reply needs --phoenix");
+                    return ExitCode::from(2);
+                }
+                Some("pong") => false,
+                _ => args.phoenix,
+            },
         }),
         Command::Serve(args) => serve(args),
         Command::Replay { log } => replay(&log),

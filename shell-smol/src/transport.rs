@@ -216,8 +216,8 @@ fn enqueue<H: Handler>(
 /// Queues a callback's frames; whether it asked to stop.
 fn apply(next: Next, pending: &mut VecDeque<Message>) -> bool {
     match next {
-        Next::Ok | Next::Ready => false,
-        Next::Reply(frames) => {
+        Next::Ok | Next::Ready | Next::Confirmed(_) => false,
+        Next::Reply(frames) | Next::Rewind(frames) => {
             pending.extend(frames);
             false
         }
