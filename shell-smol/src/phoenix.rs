@@ -4,44 +4,33 @@
 //! [`PhoenixClient::connect`] opens the socket (`…/websocket?vsn=2.0.0`, as phoenix.js builds
 //! it) and keeps it open with the core machine's backoff; [`PhoenixClient::channel`] gives a
 //! [`Channel`] that joins with params, pushes with replies and timeouts, receives what the
-//! server sends to the topic, tracks presence with [`spool_core::client::phoenix::Presence`]
-//! (phoenix.js's sync rules) and leaves.
+//! server sends to the topic, tracks presence (phoenix.js's sync rules) and leaves.
 //!
-//! What phoenix.js does, this does:
-//! - refs come from one counter per client, and every (re)join takes a new join_ref; a message
-//!   whose join_ref is not the channel's current one is dropped;
-//! - when the socket drops, joined channels become errored; when it opens again every errored
-//!   channel rejoins at once; a rejoin that fails (refused, timed out, or a `phx_error` while
-//!   connected) is retried after [`PhoenixOptions::rejoin_after`] (phoenix.js: 1 s, 2 s, 5 s,
-//!   then 10 s), the count restarting after a join succeeds or the socket opens;
-//! - pushes made while the channel is not joined are held and sent after the join, their
-//!   timeout running from the push;
-//! - pushes awaiting replies (sent, held, or kept for a resend) are bounded by
-//!   [`PhoenixOptions::max_pending`] (1,024): past it a push fails at once with
-//!   [`PushError::TooMany`] rather than the client's memory growing;
-//! - [`Channel::push_once`] (a spool addition, opt-in) adds an idempotency key to the payload,
-//!   `client_msg_id: "<run id>-<n>"` (the run id drawn from the OS per client), and keeps the
-//!   push until its reply confirms it: a push whose reply died with the connection (or a
-//!   crashed channel) is sent again, in order, after the channel rejoins. A server that drops
-//!   repeats of a key (`spool serve`'s `room:*` does) then sees it once; one that does not may
-//!   see it twice (at-least-once). A plain [`Channel::push`] is never resent: it fails with its
-//!   timeout if its connection dies (at-most-once), as in phoenix.js;
-//! - a heartbeat goes to the `phoenix` topic every [`PhoenixOptions::heartbeat_interval`]
-//!   (30 s). A dead peer is detected by the WebSocket keep-alive of the core machine
-//!   (ping, pong deadline), not by a missing heartbeat reply.
+//! The protocol's rules (refs and join_refs, rejoins on phoenix.js's schedule, held pushes,
+//! push, join and leave timeouts, heartbeats, the bound on pushes awaiting replies, the
+//! idempotency keys of [`Channel::push_once`]) are spool-core's sans-IO
+//! [`spool_core::client::phoenix::Channels`] machine: this module only hands it the socket's
+//! frames and opens and closes, the callers' requests and the clock, arms one timer at its
+//! next deadline, and carries its answers to the callers. Read that module for what phoenix.js
+//! does and this does too.
+//!
+//! A dead peer is detected by the WebSocket keep-alive of the core client machine (ping, pong
+//! deadline), not by a missing heartbeat reply.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_lite::FutureExt as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use smol::channel::{Receiver, Sender};
-use spool_core::client::phoenix::{Change, Presence, rejoin_ms};
+use spool_core::client::phoenix::{self as core, Change, rejoin_ms};
 use spool_core::client::{self, Backoff};
 use spool_core::ws::{Message, Url};
 
+pub use spool_core::client::phoenix::{JoinError, PushError};
+
+use crate::io::{Clock, random_bytes};
 use crate::reconnecting::{self, ClientHandle, ClientSender, Handler, Next};
 
 /// How a [`PhoenixClient`] behaves; the defaults are phoenix.js's.
@@ -52,7 +41,8 @@ pub struct PhoenixOptions {
     /// How often a heartbeat goes to the `phoenix` topic. Default 30 s.
     pub heartbeat_interval: Duration,
     /// The delay before rejoin attempt `tries` (from 1). Default phoenix.js's 1 s, 2 s, 5 s,
-    /// then 10 s ([`rejoin_ms`]).
+    /// then 10 s ([`rejoin_ms`]). Read for tries 1 to [`REJOIN_SCHEDULE_LEN`] when the client
+    /// is made (the machine takes a schedule as data); the last delay repeats.
     pub rejoin_after: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
     /// The socket's reconnect backoff (the core machine's, with jitter).
     pub backoff: Backoff,
@@ -67,6 +57,9 @@ pub struct PhoenixOptions {
     /// [`PushError::TooMany`]. Default 1,024, as the core's `max_calls`.
     pub max_pending: usize,
 }
+
+/// How many tries of [`PhoenixOptions::rejoin_after`] become the machine's rejoin schedule.
+pub const REJOIN_SCHEDULE_LEN: u32 = 16;
 
 impl Default for PhoenixOptions {
     fn default() -> Self {
@@ -115,59 +108,6 @@ impl std::fmt::Display for ConnectError {
 
 impl std::error::Error for ConnectError {}
 
-/// Why a join did not succeed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JoinError {
-    /// The server refused it (`status` "error"); the channel keeps rejoining, as phoenix.js's
-    /// does, until [`Channel::leave`].
-    Refused(Value),
-    /// No reply within the timeout (the channel keeps trying).
-    Timeout,
-    /// The channel was closed, or the client stopped.
-    Closed,
-}
-
-/// Why a push did not get an `ok` reply.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PushError {
-    /// The reply had another status (`"error"` …): the status and its response.
-    Reply(String, Value),
-    /// No reply within the timeout.
-    Timeout,
-    /// The channel is closed, was never joined, or the client stopped.
-    Closed,
-    /// [`PhoenixOptions::max_pending`] pushes await replies already; this one was not sent.
-    TooMany,
-    /// [`Channel::push_once`] needs a JSON object to put its key in.
-    NotAnObject,
-}
-
-impl std::fmt::Display for JoinError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JoinError::Refused(r) => write!(f, "join refused: {r}"),
-            JoinError::Timeout => f.write_str("join timed out"),
-            JoinError::Closed => f.write_str("channel closed"),
-        }
-    }
-}
-
-impl std::error::Error for JoinError {}
-
-impl std::fmt::Display for PushError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PushError::Reply(status, r) => write!(f, "reply {status}: {r}"),
-            PushError::Timeout => f.write_str("push timed out"),
-            PushError::Closed => f.write_str("channel closed"),
-            PushError::TooMany => f.write_str("too many pushes awaiting replies"),
-            PushError::NotAnObject => f.write_str("push_once needs a JSON object payload"),
-        }
-    }
-}
-
-impl std::error::Error for PushError {}
-
 /// A message the server sent to a channel: a broadcast or a push to this client.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChannelMessage {
@@ -177,42 +117,36 @@ pub struct ChannelMessage {
     pub payload: Value,
 }
 
-type PushAnswer = Sender<Result<Value, PushError>>;
-
+/// What a caller asks of the machine, with where its answer goes.
 enum Cmd {
     Join {
+        id: u64,
         topic: String,
         params: Value,
         sinks: Sinks,
         answer: Sender<Result<Value, JoinError>>,
     },
     Push {
+        id: u64,
         topic: String,
         event: String,
         payload: Value,
-        answer: PushAnswer,
-        /// With an idempotency key, kept until its reply and resent after a rejoin.
+        timeout_ms: u64,
         once: bool,
+        answer: Sender<Result<Value, PushError>>,
     },
     Leave {
+        id: u64,
         topic: String,
         answer: Sender<()>,
     },
-    Heartbeat,
-    Rejoin {
-        topic: String,
-        generation: u64,
-    },
-    JoinTimeout {
-        topic: String,
-        join_ref: String,
-    },
+    /// The machine's deadline came.
+    Tick,
 }
 
 #[derive(Clone)]
 struct Sinks {
     events: Sender<ChannelMessage>,
-    presence: Arc<Mutex<Presence>>,
     changes: Sender<Change>,
     /// Messages and presence changes a full buffer refused.
     dropped: Arc<AtomicU64>,
@@ -232,351 +166,104 @@ impl Sinks {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Joining,
-    Joined,
-    Errored,
-}
-
-struct Chan {
-    params: Value,
-    state: State,
-    join_ref: Option<String>,
-    waiter: Option<Sender<Result<Value, JoinError>>>,
-    tries: u32,
-    generation: u64,
-    held: Vec<(String, Value, PushAnswer)>,
-    /// `push_once` pushes not yet answered, oldest first, with the ref of the copy in flight.
-    unconfirmed: std::collections::VecDeque<Keyed>,
-    sinks: Sinks,
-}
-
-/// A [`Channel::push_once`] push awaiting its reply.
-struct Keyed {
-    event: String,
-    /// With its `client_msg_id`.
-    payload: Value,
-    answer: PushAnswer,
-    /// The ref of the copy sent on the current join, if one was.
-    sent: Option<String>,
-}
-
-enum Pending {
-    Push(PushAnswer),
-    /// A `push_once` push of this topic (found in its channel's `unconfirmed` by ref).
-    Keyed(String),
-    Join(String),
-    Leave(Sender<()>),
-}
-
+/// The Late handler: feeds the machine, carries out what it says. Its maps hold one entry per
+/// request the machine has not answered yet, so the machine's bounds bound them too.
 struct PhoenixHandler {
-    connected: bool,
-    next_ref: u64,
-    channels: HashMap<String, Chan>,
-    pending: HashMap<String, Pending>,
+    machine: Arc<Mutex<core::Channels>>,
+    clock: Clock,
+    joins: HashMap<u64, Sender<Result<Value, JoinError>>>,
+    pushes: HashMap<u64, Sender<Result<Value, PushError>>>,
+    leaves: HashMap<u64, Sender<()>>,
+    sinks: HashMap<String, Sinks>,
+    /// Where ticks go: the client's own info channel, through a forwarding task.
     timers: Sender<Cmd>,
-    timeout: Duration,
-    rejoin_after: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
-    max_pending: usize,
-    /// Drawn from the OS when the client is made: keys are `<run>-<n>`.
-    run: String,
-    /// The last key's `n`.
-    keys: u64,
-}
-
-fn frame(join_ref: Option<&str>, r: &str, topic: &str, event: &str, payload: &Value) -> Message {
-    Message::text(json!([join_ref, r, topic, event, payload]).to_string())
-}
-
-impl PhoenixHandler {
-    fn make_ref(&mut self) -> String {
-        self.next_ref += 1;
-        self.next_ref.to_string()
-    }
-
-    fn after(&self, delay: Duration, cmd: Cmd) {
-        let timers = self.timers.clone();
-        smol::spawn(async move {
-            smol::Timer::after(delay).await;
-            let _ = timers.send(cmd).await;
-        })
-        .detach();
-    }
-
-    /// A join frame with a new join_ref, if connected.
-    fn join_frame(&mut self, topic: &str) -> Option<Message> {
-        if !self.connected || !self.channels.contains_key(topic) {
-            return None;
-        }
-        let r = self.make_ref();
-        let chan = self.channels.get_mut(topic)?;
-        if let Some(old) = chan.join_ref.replace(r.clone()) {
-            self.pending.remove(&old);
-        }
-        chan.state = State::Joining;
-        let message = frame(Some(&r), &r, topic, "phx_join", &chan.params);
-        self.pending
-            .insert(r.clone(), Pending::Join(topic.to_string()));
-        self.after(
-            self.timeout,
-            Cmd::JoinTimeout {
-                topic: topic.to_string(),
-                join_ref: r,
-            },
-        );
-        Some(message)
-    }
-
-    fn schedule_rejoin(&mut self, topic: &str) {
-        let Some(chan) = self.channels.get_mut(topic) else {
-            return;
-        };
-        chan.state = State::Errored;
-        chan.tries += 1;
-        chan.generation += 1;
-        let delay = (self.rejoin_after)(chan.tries);
-        let generation = chan.generation;
-        if self.connected {
-            self.after(
-                delay,
-                Cmd::Rejoin {
-                    topic: topic.to_string(),
-                    generation,
-                },
-            );
-        }
-    }
-
-    fn push_frame(
-        &mut self,
-        topic: &str,
-        event: &str,
-        payload: &Value,
-        answer: PushAnswer,
-    ) -> Message {
-        let r = self.make_ref();
-        let join_ref = self.channels.get(topic).and_then(|c| c.join_ref.clone());
-        self.pending.insert(r.clone(), Pending::Push(answer));
-        frame(join_ref.as_deref(), &r, topic, event, payload)
-    }
-
-    fn forget_abandoned(&mut self) {
-        self.pending
-            .retain(|_, p| !matches!(p, Pending::Push(a) if a.is_closed()));
-        for chan in self.channels.values_mut() {
-            chan.unconfirmed.retain(|k| {
-                let keep = !k.answer.is_closed();
-                if let (false, Some(r)) = (keep, &k.sent) {
-                    self.pending.remove(r);
-                }
-                keep
-            });
-        }
-    }
-
-    /// Pushes awaiting replies: sent, held for a join, or kept for a resend.
-    fn awaiting(&self) -> usize {
-        let sent = self
-            .pending
-            .values()
-            .filter(|p| matches!(p, Pending::Push(_)))
-            .count();
-        let kept: usize = self
-            .channels
-            .values()
-            .map(|c| c.held.len() + c.unconfirmed.len())
-            .sum();
-        sent + kept
-    }
-
-    /// Sends every unanswered `push_once` push of `topic` that has no copy in flight on the
-    /// current join, oldest first.
-    fn send_unconfirmed(&mut self, topic: &str) -> Vec<Message> {
-        let Some(chan) = self.channels.get(topic) else {
-            return Vec::new();
-        };
-        let join_ref = chan.join_ref.clone();
-        let due: Vec<usize> = (0..chan.unconfirmed.len())
-            .filter(|&i| chan.unconfirmed[i].sent.is_none())
-            .collect();
-        let mut out = Vec::new();
-        for i in due {
-            let r = self.make_ref();
-            self.pending
-                .insert(r.clone(), Pending::Keyed(topic.to_string()));
-            let Some(keyed) = self
-                .channels
-                .get_mut(topic)
-                .and_then(|c| c.unconfirmed.get_mut(i))
-            else {
-                continue;
-            };
-            keyed.sent = Some(r.clone());
-            out.push(frame(
-                join_ref.as_deref(),
-                &r,
-                topic,
-                &keyed.event,
-                &keyed.payload,
-            ));
-        }
-        out
-    }
-
-    /// The copies of `topic`'s `push_once` pushes in flight are lost (their connection or
-    /// join ended): each will be sent again after the next join.
-    fn unsend(&mut self, topic: &str) {
-        let Some(chan) = self.channels.get_mut(topic) else {
-            return;
-        };
-        for keyed in &mut chan.unconfirmed {
-            if let Some(r) = keyed.sent.take() {
-                self.pending.remove(&r);
-            }
-        }
-    }
-
-    fn on_reply(&mut self, r: &str, topic: &str, payload: &Value) -> Vec<Message> {
-        let status = payload
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let response = payload.get("response").cloned().unwrap_or(Value::Null);
-        let mut out = Vec::new();
-        match self.pending.remove(r) {
-            Some(Pending::Push(answer)) => {
-                let result = if status == "ok" {
-                    Ok(response)
-                } else {
-                    Err(PushError::Reply(status, response))
-                };
-                let _ = answer.try_send(result);
-            }
-            Some(Pending::Keyed(keyed_topic)) => {
-                let chan = self.channels.get_mut(&keyed_topic);
-                let found = chan.and_then(|c| {
-                    let i = c
-                        .unconfirmed
-                        .iter()
-                        .position(|k| k.sent.as_deref() == Some(r))?;
-                    c.unconfirmed.remove(i)
-                });
-                if let Some(keyed) = found {
-                    let result = if status == "ok" {
-                        Ok(response)
-                    } else {
-                        Err(PushError::Reply(status, response))
-                    };
-                    let _ = keyed.answer.try_send(result);
-                }
-            }
-            Some(Pending::Leave(answer)) => {
-                let _ = answer.try_send(());
-            }
-            Some(Pending::Join(joined)) if joined == topic => {
-                let Some(chan) = self.channels.get_mut(topic) else {
-                    return out;
-                };
-                if chan.join_ref.as_deref() != Some(r) {
-                    return out;
-                }
-                if status == "ok" {
-                    chan.state = State::Joined;
-                    chan.tries = 0;
-                    chan.generation += 1;
-                    if let Some(waiter) = chan.waiter.take() {
-                        let _ = waiter.try_send(Ok(response));
-                    }
-                    let held = std::mem::take(&mut chan.held);
-                    // What an earlier join left unanswered goes first: it was pushed first.
-                    self.unsend(topic);
-                    out.extend(self.send_unconfirmed(topic));
-                    for (event, payload, answer) in held {
-                        if !answer.is_closed() {
-                            out.push(self.push_frame(topic, &event, &payload, answer));
-                        }
-                    }
-                } else {
-                    if let Some(waiter) = chan.waiter.take() {
-                        let _ = waiter.try_send(Err(JoinError::Refused(response)));
-                    }
-                    self.schedule_rejoin(topic);
-                }
-            }
-            _ => {}
-        }
-        out
-    }
-
-    fn on_message(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) {
-        let Some((state, current)) = self
-            .channels
-            .get(topic)
-            .map(|c| (c.state, c.join_ref.clone()))
-        else {
-            return;
-        };
-        // phoenix.js's isMember: a message of an earlier join is dropped.
-        if join_ref.is_some() && join_ref != current.as_deref() {
-            return;
-        }
-        match event {
-            "phx_error" => {
-                if state != State::Errored {
-                    if let Some(r) = current {
-                        self.pending.remove(&r);
-                    }
-                    self.unsend(topic);
-                    self.schedule_rejoin(topic);
-                }
-            }
-            "phx_close" => {
-                if let Some(chan) = self.channels.remove(topic) {
-                    if let Some(waiter) = chan.waiter {
-                        let _ = waiter.try_send(Err(JoinError::Closed));
-                    }
-                    for (_, _, answer) in chan.held {
-                        let _ = answer.try_send(Err(PushError::Closed));
-                    }
-                    for keyed in chan.unconfirmed {
-                        let _ = keyed.answer.try_send(Err(PushError::Closed));
-                    }
-                }
-            }
-            _ => {
-                let Some(chan) = self.channels.get(topic) else {
-                    return;
-                };
-                let current = current.unwrap_or_default();
-                let changes = match event {
-                    "presence_state" => lock(&chan.sinks.presence).on_state(&current, &payload),
-                    "presence_diff" => lock(&chan.sinks.presence).on_diff(&current, &payload),
-                    _ => Vec::new(),
-                };
-                for change in changes {
-                    chan.sinks.offer(&chan.sinks.changes, change, topic);
-                }
-                let message = ChannelMessage {
-                    event: event.to_string(),
-                    payload,
-                };
-                chan.sinks.offer(&chan.sinks.events, message, topic);
-            }
-        }
-    }
+    /// The deadline a timer is armed for.
+    armed: Option<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn reply(frames: Vec<Message>) -> Next {
-    if frames.is_empty() {
-        Next::Ok
-    } else {
-        Next::Reply(frames)
+impl PhoenixHandler {
+    /// Gives the machine `event`, carries out its answer, re-arms the timer; the frames to
+    /// send on the current socket.
+    fn feed(&mut self, event: core::Event) -> Next {
+        let (out, deadline) = {
+            let mut machine = lock(&self.machine);
+            let out = machine.handle(event);
+            (out, machine.next_deadline())
+        };
+        let mut frames = Vec::new();
+        for outbound in out {
+            match outbound {
+                core::Outbound::Send { text } => frames.push(Message::text(text)),
+                core::Outbound::JoinDone { id, result } => {
+                    if let Err(e) = &result {
+                        tracing::debug!("join {id}: {e}");
+                    }
+                    if let Some(answer) = self.joins.remove(&id) {
+                        let _ = answer.try_send(result);
+                    }
+                }
+                core::Outbound::PushDone { id, result } => {
+                    if let Err(e) = &result {
+                        tracing::debug!("push {id}: {e}");
+                    }
+                    if let Some(answer) = self.pushes.remove(&id) {
+                        let _ = answer.try_send(result);
+                    }
+                }
+                core::Outbound::LeaveDone { id } => {
+                    if let Some(answer) = self.leaves.remove(&id) {
+                        let _ = answer.try_send(());
+                    }
+                }
+                core::Outbound::Message {
+                    topic,
+                    event,
+                    payload,
+                } => {
+                    if let Some(sinks) = self.sinks.get(&topic) {
+                        let message = ChannelMessage { event, payload };
+                        sinks.offer(&sinks.events, message, &topic);
+                    }
+                }
+                core::Outbound::PresenceChanged { topic, changes } => {
+                    if let Some(sinks) = self.sinks.get(&topic) {
+                        for change in changes {
+                            sinks.offer(&sinks.changes, change, &topic);
+                        }
+                    }
+                }
+            }
+        }
+        self.arm(deadline);
+        if frames.is_empty() {
+            Next::Ok
+        } else {
+            Next::Reply(frames)
+        }
+    }
+
+    /// One timer at the machine's next deadline; an earlier one armed already is enough (a
+    /// tick before the deadline does nothing but re-arm).
+    fn arm(&mut self, deadline: Option<u64>) {
+        let Some(at) = deadline else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        if self.armed.is_some_and(|armed| armed <= at && armed >= now) {
+            return;
+        }
+        self.armed = Some(at);
+        let timers = self.timers.clone();
+        let delay = Duration::from_millis(at.saturating_sub(now));
+        smol::spawn(async move {
+            smol::Timer::after(delay).await;
+            let _ = timers.send(Cmd::Tick).await;
+        })
+        .detach();
     }
 }
 
@@ -586,39 +273,14 @@ impl Handler for PhoenixHandler {
     type Info = Cmd;
 
     fn handle_connect(&mut self, _headers: &[(String, String)]) -> Next {
-        self.connected = true;
-        let topics: Vec<String> = self.channels.keys().cloned().collect();
-        let mut out = Vec::new();
-        for topic in topics {
-            if let Some(chan) = self.channels.get_mut(&topic) {
-                // phoenix.js: the socket opened, so the rejoin timer restarts and an errored
-                // channel rejoins now.
-                chan.tries = 0;
-                chan.generation += 1;
-            }
-            out.extend(self.join_frame(&topic));
-        }
-        reply(out)
+        let now_ms = self.clock.now_ms();
+        self.feed(core::Event::Opened { now_ms })
     }
 
     fn handle_disconnect(&mut self, _code: u16, _reason: &str) -> Next {
-        self.connected = false;
-        for chan in self.channels.values_mut() {
-            chan.state = State::Errored;
-            chan.generation += 1;
-        }
-        let topics: Vec<String> = self.channels.keys().cloned().collect();
-        for topic in topics {
-            self.unsend(&topic);
-        }
-        self.pending.retain(|_, p| match p {
-            Pending::Join(_) | Pending::Keyed(_) => false,
-            Pending::Leave(answer) => {
-                let _ = answer.try_send(());
-                false
-            }
-            Pending::Push(_) => true,
-        });
+        let now_ms = self.clock.now_ms();
+        // Frames for a socket that is gone go nowhere: a disconnect sends nothing.
+        let _ = self.feed(core::Event::Closed { now_ms });
         Next::Ok
     }
 
@@ -626,179 +288,74 @@ impl Handler for PhoenixHandler {
         let Some(text) = frame.as_text() else {
             return Next::Ok;
         };
-        let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(text) else {
-            return Next::Ok;
-        };
-        let Ok([join_ref, r, topic, event, payload]) = <[Value; 5]>::try_from(parts) else {
-            return Next::Ok;
-        };
-        let (Some(topic), Some(event)) = (topic.as_str(), event.as_str()) else {
-            return Next::Ok;
-        };
-        if event == "phx_reply" {
-            if let Some(r) = r.as_str() {
-                return reply(self.on_reply(r, topic, &payload));
-            }
-            return Next::Ok;
-        }
-        self.on_message(join_ref.as_str(), topic, event, payload);
-        Next::Ok
+        let now_ms = self.clock.now_ms();
+        let text = text.to_string();
+        self.feed(core::Event::Receive { now_ms, text })
     }
 
     fn handle_info(&mut self, cmd: Cmd) -> Next {
-        self.forget_abandoned();
-        match cmd {
+        let now_ms = self.clock.now_ms();
+        let event = match cmd {
             Cmd::Join {
+                id,
                 topic,
                 params,
                 sinks,
                 answer,
             } => {
-                if let Some(old) = self.channels.remove(&topic) {
-                    if let Some(waiter) = old.waiter {
-                        let _ = waiter.try_send(Err(JoinError::Closed));
-                    }
+                self.sinks.insert(topic.clone(), sinks);
+                self.joins.insert(id, answer);
+                core::Event::Join {
+                    now_ms,
+                    id,
+                    topic,
+                    params,
                 }
-                self.channels.insert(
-                    topic.clone(),
-                    Chan {
-                        params,
-                        state: State::Joining,
-                        join_ref: None,
-                        waiter: Some(answer),
-                        tries: 0,
-                        generation: 0,
-                        held: Vec::new(),
-                        unconfirmed: std::collections::VecDeque::new(),
-                        sinks,
-                    },
-                );
-                reply(self.join_frame(&topic).into_iter().collect())
             }
             Cmd::Push {
+                id,
                 topic,
                 event,
-                mut payload,
-                answer,
+                payload,
+                timeout_ms,
                 once,
+                answer,
             } => {
-                if !self.channels.contains_key(&topic) {
-                    let _ = answer.try_send(Err(PushError::Closed));
-                    return Next::Ok;
-                }
-                if self.awaiting() >= self.max_pending {
-                    tracing::warn!(
-                        topic,
-                        event,
-                        max = self.max_pending,
-                        "push refused: too many pushes awaiting replies"
-                    );
-                    let _ = answer.try_send(Err(PushError::TooMany));
-                    return Next::Ok;
-                }
-                if once {
-                    let Some(object) = payload.as_object_mut() else {
-                        let _ = answer.try_send(Err(PushError::NotAnObject));
-                        return Next::Ok;
-                    };
-                    self.keys += 1;
-                    let key = format!("{}-{}", self.run, self.keys);
-                    object.insert("client_msg_id".into(), Value::String(key));
-                    let connected = self.connected;
-                    let Some(chan) = self.channels.get_mut(&topic) else {
-                        return Next::Ok;
-                    };
-                    chan.unconfirmed.push_back(Keyed {
-                        event,
-                        payload,
-                        answer,
-                        sent: None,
-                    });
-                    if chan.state == State::Joined && connected {
-                        return reply(self.send_unconfirmed(&topic));
-                    }
-                    return Next::Ok;
-                }
-                let Some(chan) = self.channels.get_mut(&topic) else {
-                    return Next::Ok;
-                };
-                if chan.state == State::Joined && self.connected {
-                    reply(vec![self.push_frame(&topic, &event, &payload, answer)])
-                } else {
-                    chan.held.push((event, payload, answer));
-                    Next::Ok
+                self.pushes.insert(id, answer);
+                core::Event::Push {
+                    now_ms,
+                    id,
+                    topic,
+                    event,
+                    payload,
+                    timeout_ms,
+                    once,
                 }
             }
-            Cmd::Leave { topic, answer } => {
-                let Some(chan) = self.channels.remove(&topic) else {
-                    let _ = answer.try_send(());
-                    return Next::Ok;
-                };
-                for (_, _, held) in chan.held {
-                    let _ = held.try_send(Err(PushError::Closed));
-                }
-                for keyed in chan.unconfirmed {
-                    if let Some(r) = keyed.sent {
-                        self.pending.remove(&r);
-                    }
-                    let _ = keyed.answer.try_send(Err(PushError::Closed));
-                }
-                if let Some(join_ref) = chan.join_ref.filter(|_| self.connected) {
-                    self.pending.remove(&join_ref);
-                    let r = self.make_ref();
-                    self.pending.insert(r.clone(), Pending::Leave(answer));
-                    reply(vec![frame(
-                        Some(&join_ref),
-                        &r,
-                        &topic,
-                        "phx_leave",
-                        &json!({}),
-                    )])
-                } else {
-                    let _ = answer.try_send(());
-                    Next::Ok
-                }
+            Cmd::Leave { id, topic, answer } => {
+                self.sinks.remove(&topic);
+                self.leaves.insert(id, answer);
+                core::Event::Leave { now_ms, id, topic }
             }
-            Cmd::Heartbeat => {
-                if !self.connected {
-                    return Next::Ok;
-                }
-                let r = self.make_ref();
-                reply(vec![frame(None, &r, "phoenix", "heartbeat", &json!({}))])
+            Cmd::Tick => {
+                self.armed = None;
+                core::Event::Tick { now_ms }
             }
-            Cmd::Rejoin { topic, generation } => {
-                let due = self
-                    .channels
-                    .get(&topic)
-                    .is_some_and(|c| c.generation == generation && c.state == State::Errored);
-                if due {
-                    reply(self.join_frame(&topic).into_iter().collect())
-                } else {
-                    Next::Ok
-                }
-            }
-            Cmd::JoinTimeout { topic, join_ref } => {
-                let timed_out = self.channels.get(&topic).is_some_and(|c| {
-                    c.state == State::Joining && c.join_ref.as_deref() == Some(&join_ref)
-                });
-                if !timed_out || !self.connected {
-                    return Next::Ok;
-                }
-                // phoenix.js: leave that join, then rejoin on the backoff.
-                self.pending.remove(&join_ref);
-                let r = self.make_ref();
-                let leave = frame(Some(&join_ref), &r, &topic, "phx_leave", &json!({}));
-                self.schedule_rejoin(&topic);
-                reply(vec![leave])
-            }
-        }
+        };
+        self.feed(event)
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connected (or connecting) Phoenix socket.
 pub struct PhoenixClient {
     handle: Option<ClientHandle<PhoenixHandler>>,
     sender: ClientSender<PhoenixHandler>,
+    machine: Arc<Mutex<core::Channels>>,
+    ids: Arc<AtomicU64>,
     timeout: Duration,
     channel_buffer: usize,
     _tasks: Vec<smol::Task<()>>,
@@ -831,24 +388,30 @@ impl PhoenixClient {
         url.target = format!("{path}?{query}");
         let mut config = client::Config::new(url);
         config.backoff = options.backoff;
-        config.connect_timeout_ms = u64::try_from(options.connect_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let (timers, timer_inbox) = smol::channel::unbounded();
-        let handler = PhoenixHandler {
-            connected: false,
-            next_ref: 0,
-            channels: HashMap::new(),
-            pending: HashMap::new(),
-            timers,
-            timeout: options.timeout,
-            rejoin_after: options.rejoin_after.clone(),
+        config.connect_timeout_ms = millis(options.connect_timeout).max(1);
+        let machine = Arc::new(Mutex::new(core::Channels::new(core::Config {
+            timeout_ms: millis(options.timeout),
+            heartbeat_interval_ms: millis(options.heartbeat_interval).max(1),
+            rejoin_schedule_ms: (1..=REJOIN_SCHEDULE_LEN)
+                .map(|tries| millis((options.rejoin_after)(tries)))
+                .collect(),
             max_pending: options.max_pending.max(1),
-            run: crate::io::random_bytes::<8>()
+            // Drawn from the OS: the machine's idempotency keys are unique to this run.
+            run_id: random_bytes::<8>()
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
-            keys: 0,
+        })));
+        let (timers, timer_inbox) = smol::channel::unbounded();
+        let handler = PhoenixHandler {
+            machine: machine.clone(),
+            clock: Clock::new(),
+            joins: HashMap::new(),
+            pushes: HashMap::new(),
+            leaves: HashMap::new(),
+            sinks: HashMap::new(),
+            timers,
+            armed: None,
         };
         let handle = reconnecting::connect(config, handler).map_err(ConnectError::Client)?;
         let sender = handle.sender();
@@ -862,24 +425,14 @@ impl PhoenixClient {
                 }
             })
         };
-        let heartbeat = {
-            let sender = sender.clone();
-            let every = options.heartbeat_interval.max(Duration::from_millis(1));
-            smol::spawn(async move {
-                loop {
-                    smol::Timer::after(every).await;
-                    if sender.info(Cmd::Heartbeat).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        };
         Ok(PhoenixClient {
             handle: Some(handle),
             sender,
+            machine,
+            ids: Arc::new(AtomicU64::new(1)),
             timeout: options.timeout,
             channel_buffer: options.channel_buffer.max(1),
-            _tasks: vec![forward, heartbeat],
+            _tasks: vec![forward],
         })
     }
 
@@ -892,10 +445,11 @@ impl PhoenixClient {
             topic: topic.to_string(),
             params,
             sender: self.sender.clone(),
+            machine: self.machine.clone(),
+            ids: self.ids.clone(),
             timeout: self.timeout,
             sinks: Sinks {
                 events: events_tx,
-                presence: Arc::new(Mutex::new(Presence::new())),
                 changes: changes_tx,
                 dropped: Arc::new(AtomicU64::new(0)),
             },
@@ -926,25 +480,22 @@ pub struct Channel {
     topic: String,
     params: Value,
     sender: ClientSender<PhoenixHandler>,
+    machine: Arc<Mutex<core::Channels>>,
+    ids: Arc<AtomicU64>,
     timeout: Duration,
     sinks: Sinks,
     events: Receiver<ChannelMessage>,
     changes: Receiver<Change>,
 }
 
-async fn within<T>(timeout: Duration, answer: Receiver<T>) -> Option<Option<T>> {
-    async { Some(answer.recv().await.ok()) }
-        .or(async {
-            smol::Timer::after(timeout).await;
-            None
-        })
-        .await
-}
-
 impl Channel {
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    fn id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Joins (or rejoins) the topic and waits for the reply, at most the client's timeout. After
@@ -955,17 +506,14 @@ impl Channel {
     pub async fn join(&self) -> Result<Value, JoinError> {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Join {
+            id: self.id(),
             topic: self.topic.clone(),
             params: self.params.clone(),
             sinks: self.sinks.clone(),
             answer,
         };
         self.sender.info(cmd).await.map_err(|_| JoinError::Closed)?;
-        match within(self.timeout, answered).await {
-            None => Err(JoinError::Timeout),
-            Some(None) => Err(JoinError::Closed),
-            Some(Some(result)) => result,
-        }
+        answered.recv().await.unwrap_or(Err(JoinError::Closed))
     }
 
     /// Pushes `event` with `payload` and waits for its reply, at most the client's timeout
@@ -974,7 +522,7 @@ impl Channel {
     /// # Errors
     /// [`PushError`].
     pub async fn push(&self, event: &str, payload: Value) -> Result<Value, PushError> {
-        self.push_with_timeout(event, payload, self.timeout).await
+        self.push_inner(event, payload, self.timeout, false).await
     }
 
     /// [`Channel::push`] with its own timeout.
@@ -995,7 +543,7 @@ impl Channel {
     /// Until the reply comes the push is kept and, if its connection dies or its channel
     /// crashes, sent again (same key, in order) after the channel rejoins: with a server that
     /// drops repeats of a key it arrives once; with one that does not, at least once. A push
-    /// whose caller stopped waiting (the timeout) is forgotten.
+    /// whose timeout passed is forgotten.
     ///
     /// # Errors
     /// [`PushError`]; [`PushError::NotAnObject`] for a payload that is not an object.
@@ -1025,18 +573,16 @@ impl Channel {
     ) -> Result<Value, PushError> {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Push {
+            id: self.id(),
             topic: self.topic.clone(),
             event: event.to_string(),
             payload,
-            answer,
+            timeout_ms: millis(timeout),
             once,
+            answer,
         };
         self.sender.info(cmd).await.map_err(|_| PushError::Closed)?;
-        match within(timeout, answered).await {
-            None => Err(PushError::Timeout),
-            Some(None) => Err(PushError::Closed),
-            Some(Some(result)) => result,
-        }
+        answered.recv().await.unwrap_or(Err(PushError::Closed))
     }
 
     /// The next message the server sent to this channel (broadcasts, pushes, presence events),
@@ -1058,7 +604,10 @@ impl Channel {
 
     /// The presences now: `{"key": {"metas": [..]}}`.
     pub fn presence(&self) -> Map<String, Value> {
-        lock(&self.sinks.presence).state().clone()
+        lock(&self.machine)
+            .presence(&self.topic)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every presence join and leave, as phoenix.js's `onJoin` / `onLeave` see them.
@@ -1071,11 +620,12 @@ impl Channel {
     pub async fn leave(&self) {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Leave {
+            id: self.id(),
             topic: self.topic.clone(),
             answer,
         };
         if self.sender.info(cmd).await.is_ok() {
-            let _ = within(self.timeout, answered).await;
+            let _ = answered.recv().await;
         }
     }
 }

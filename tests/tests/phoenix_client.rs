@@ -217,14 +217,14 @@ fn after_the_server_restarts_every_topic_is_rejoined_and_keeps_receiving() {
 fn a_crashed_channel_rejoins_on_the_rejoin_schedule_with_a_new_join() {
     let server = serve("127.0.0.1:0");
     let url = format!("ws://{}/socket", server.local_addr());
-    let tries = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = tries.clone();
+    // The schedule is read when the client is made (the core machine takes it as data); only
+    // the first try's delay is short, so the wait below shows which one the rejoin used.
     let client = PhoenixClient::connect(
         &url,
         PhoenixOptions {
-            rejoin_after: Arc::new(move |n| {
-                seen.lock().unwrap().push(n);
-                Duration::from_millis(400)
+            rejoin_after: Arc::new(|n| match n {
+                1 => Duration::from_millis(400),
+                _ => Duration::from_secs(10),
             }),
             ..options()
         },
@@ -245,7 +245,6 @@ fn a_crashed_channel_rejoins_on_the_rejoin_schedule_with_a_new_join() {
             waited >= Duration::from_millis(300) && waited < Duration::from_secs(3),
             "{waited:?}"
         );
-        assert_eq!(*tries.lock().unwrap(), [1]);
         client.close().await;
     });
     server.shutdown();
