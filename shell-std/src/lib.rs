@@ -18,6 +18,7 @@ pub mod clock;
 mod event_loop;
 pub mod handler;
 pub mod late;
+pub mod late_session;
 pub mod live;
 pub mod outgoing;
 mod random;
