@@ -56,6 +56,10 @@ pub struct PhoenixOptions {
     /// or kept by [`Channel::push_once`] for a resend). Past it a push fails at once with
     /// [`PushError::TooMany`]. Default 1,024, as the core's `max_calls`.
     pub max_pending: usize,
+    /// Write the channels machine's event log here (its configuration, then every event, one
+    /// JSON object a line): `spool_core::client::phoenix::replay` runs it again to the same
+    /// outbounds. Default: none.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// How many tries of [`PhoenixOptions::rejoin_after`] become the machine's rejoin schedule.
@@ -71,6 +75,7 @@ impl Default for PhoenixOptions {
             connect_timeout: Duration::from_secs(10),
             channel_buffer: 1024,
             max_pending: 1024,
+            record: None,
         }
     }
 }
@@ -93,6 +98,8 @@ impl std::fmt::Debug for PhoenixOptions {
 pub enum ConnectError {
     /// The URL is not a `ws`, `wss`, `http` or `https` URL.
     Url(String),
+    /// The record file could not be written.
+    Record(std::io::Error),
     /// The reconnecting client refused the configuration.
     Client(reconnecting::ConnectError),
 }
@@ -101,6 +108,7 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Url(e) => write!(f, "bad URL: {e}"),
+            ConnectError::Record(e) => write!(f, "cannot write the record file: {e}"),
             ConnectError::Client(e) => write!(f, "{e}"),
         }
     }
@@ -179,6 +187,18 @@ struct PhoenixHandler {
     timers: Sender<Cmd>,
     /// The deadline a timer is armed for.
     armed: Option<u64>,
+    recorder: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+/// Writes one line of the machine's log.
+fn write_line(
+    file: &mut std::io::BufWriter<std::fs::File>,
+    line: &core::Line,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    serde_json::to_writer(&mut *file, line)?;
+    file.write_all(b"\n")?;
+    file.flush()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -189,6 +209,12 @@ impl PhoenixHandler {
     /// Gives the machine `event`, carries out its answer, re-arms the timer; the frames to
     /// send on the current socket.
     fn feed(&mut self, event: core::Event) -> Next {
+        if let Some(file) = self.recorder.as_mut() {
+            if let Err(e) = write_line(file, &core::Line::Event(event.clone())) {
+                tracing::warn!("recording stopped: {e}");
+                self.recorder = None;
+            }
+        }
         let (out, deadline) = {
             let mut machine = lock(&self.machine);
             let out = machine.handle(event);
@@ -389,7 +415,7 @@ impl PhoenixClient {
         let mut config = client::Config::new(url);
         config.backoff = options.backoff;
         config.connect_timeout_ms = millis(options.connect_timeout).max(1);
-        let machine = Arc::new(Mutex::new(core::Channels::new(core::Config {
+        let machine_config = core::Config {
             timeout_ms: millis(options.timeout),
             heartbeat_interval_ms: millis(options.heartbeat_interval).max(1),
             rejoin_schedule_ms: (1..=REJOIN_SCHEDULE_LEN)
@@ -401,7 +427,18 @@ impl PhoenixClient {
                 .iter()
                 .map(|b| format!("{b:02x}"))
                 .collect(),
-        })));
+        };
+        let recorder = match &options.record {
+            Some(path) => {
+                let file = std::fs::File::create(path).map_err(ConnectError::Record)?;
+                let mut file = std::io::BufWriter::new(file);
+                let setup = core::Line::Setup(machine_config.clone());
+                write_line(&mut file, &setup).map_err(ConnectError::Record)?;
+                Some(file)
+            }
+            None => None,
+        };
+        let machine = Arc::new(Mutex::new(core::Channels::new(machine_config)));
         let (timers, timer_inbox) = smol::channel::unbounded();
         let handler = PhoenixHandler {
             machine: machine.clone(),
@@ -412,6 +449,7 @@ impl PhoenixClient {
             sinks: HashMap::new(),
             timers,
             armed: None,
+            recorder,
         };
         let handle = reconnecting::connect(config, handler).map_err(ConnectError::Client)?;
         let sender = handle.sender();

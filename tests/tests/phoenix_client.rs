@@ -387,3 +387,53 @@ fn push_once_adds_a_key_and_a_repeat_of_it_is_answered_but_not_broadcast() {
     });
     smol::block_on(client.close());
 }
+
+#[test]
+fn a_recorded_session_of_the_channels_machine_replays_to_the_same_outbounds() {
+    use spool_core::client::phoenix::{Outbound, replay};
+    let server = serve("127.0.0.1:0");
+    let dir = std::env::temp_dir().join(format!("spool-phoenix-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("channels.jsonl");
+    let url = format!("ws://{}/socket", server.local_addr());
+    let client = PhoenixClient::connect(
+        &url,
+        PhoenixOptions {
+            record: Some(log.clone()),
+            ..options()
+        },
+    )
+    .unwrap();
+    smol::block_on(async {
+        let room = client.channel("room:rec", json!({"user": "r"}));
+        assert_eq!(room.join().await, Ok(json!({})));
+        let reply = room.push_once("shout", json!({"body": "logged"})).await;
+        assert_eq!(reply, Ok(json!({})));
+        room.leave().await;
+    });
+    smol::block_on(client.close());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let first = replay(&text).unwrap();
+    assert_eq!(first, replay(&text).unwrap(), "replays are deterministic");
+    let outbounds: Vec<Outbound> = first.into_iter().flat_map(|(_, out)| out).collect();
+    let sent: Vec<&str> = outbounds
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Send { text } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(sent[0].contains("phx_join"), "{sent:?}");
+    assert!(sent.iter().any(|t| t.contains("client_msg_id")), "{sent:?}");
+    assert!(
+        outbounds
+            .iter()
+            .any(|o| matches!(o, Outbound::PushDone { result: Ok(_), .. }))
+    );
+    assert!(
+        outbounds
+            .iter()
+            .any(|o| matches!(o, Outbound::LeaveDone { .. }))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -340,3 +340,31 @@ fn a_logged_session_replays_to_the_same_outbounds() {
             .any(|o| matches!(o, Outbound::PresenceChanged { .. }))
     );
 }
+
+#[test]
+fn replay_reads_a_setup_then_events_and_names_a_bad_line() {
+    use super::{Line, replay};
+    let setup = serde_json::to_string(&Line::Setup(config())).unwrap();
+    let opened = serde_json::to_string(&Line::Event(Event::Opened { now_ms: 0 })).unwrap();
+    let join = serde_json::to_string(&Line::Event(Event::Join {
+        now_ms: 1,
+        id: 1,
+        topic: "room:a".into(),
+        params: json!({}),
+    }))
+    .unwrap();
+    let ran = replay(&format!("{setup}\n{opened}\n{join}\n")).unwrap();
+    assert_eq!(ran.len(), 2);
+    assert_eq!(sent(&ran[1].1), [r#"["1","1","room:a","phx_join",{}]"#]);
+    assert!(replay(&opened).unwrap_err().contains("line 1"));
+    assert!(
+        replay(&format!("{setup}\n{setup}"))
+            .unwrap_err()
+            .contains("line 2")
+    );
+    assert!(
+        replay(&format!("{setup}\nnot json"))
+            .unwrap_err()
+            .contains("line 2")
+    );
+}

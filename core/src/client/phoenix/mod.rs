@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 mod channels;
+mod log;
 
 pub use channels::{Channels, Config, Event, JoinError, Outbound, PushError};
+pub use log::{Line, replay};
 
 /// phoenix.js's socket reconnect delays: 10, 50, 100, 150, 200, 250, 500, 1,000, 2,000 ms,
 /// then 5,000 ms, for `tries` from 1.
