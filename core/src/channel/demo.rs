@@ -101,14 +101,21 @@ impl ChannelHandler for Rooms {
         if event != "shout" {
             return Room.handle_in(event, payload, socket);
         }
-        let value = payload.to_value();
-        let Some(key) = value
-            .as_ref()
-            .and_then(|v| v.get("client_msg_id"))
-            .and_then(Value::as_str)
-        else {
+        // Only the key is read, never a tree of the whole payload (a large message must cost
+        // less than twice its size): a scan for its name, then a struct of that one field.
+        #[derive(serde::Deserialize)]
+        struct Keyed {
+            client_msg_id: String,
+        }
+        let keyed = payload
+            .json_text()
+            .is_some_and(|t| t.contains("client_msg_id"))
+            .then(|| payload.parse::<Keyed>().ok())
+            .flatten();
+        let Some(Keyed { client_msg_id: key }) = keyed else {
             return Room.handle_in(event, payload, socket);
         };
+        let key = key.as_str();
         if key.len() > MAX_KEY_LEN {
             return HandleIn::error(json!({ "reason": "client_msg_id too long" }));
         }
@@ -273,6 +280,13 @@ mod tests {
         assert!(broadcast(&shout(&mut rt, 1, "room:other", "run-1")));
         let plain = send(&mut rt, 1, r#"["1","6","room:k","shout",{"body":"x"}]"#);
         assert_eq!(plain, [r#"[null,null,"room:k","shout",{"body":"x"}]"#]);
+        // A key that is not a string is no key: relayed, no reply.
+        let odd = send(
+            &mut rt,
+            1,
+            r#"["1","7","room:k","shout",{"client_msg_id":5}]"#,
+        );
+        assert_eq!(odd, [r#"[null,null,"room:k","shout",{"client_msg_id":5}]"#]);
     }
 
     #[test]
