@@ -171,7 +171,7 @@ struct ClientArgs {
     #[arg(long, value_name = "HOW", value_parser = ["reply", "pong"])]
     confirm_by: Option<String>,
     /// Speak Phoenix channels: each line is pushed as `shout` {"body": line, "client_msg_id":
-    /// "<run id>-<n>"} (the key lets the server drop a resent repeat), broadcasts are printed.
+    /// "RUN-N"} (the key lets the server drop a resent repeat), broadcasts are printed.
     #[arg(long, requires = "join")]
     phoenix: bool,
     /// The topic to join with --phoenix.

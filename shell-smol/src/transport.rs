@@ -3,7 +3,7 @@
 //! implementations ([`CoreTransport`] on spool's own WebSocket machine, `TungsteniteTransport`
 //! on async-tungstenite behind the `tungstenite` feature, [`MockTransport`] for scripted
 //! tests); and [`run`], a reconnecting driver over any of them that calls the same Late-shaped
-//! [`Handler`](crate::reconnecting::Handler).
+//! [`Handler`].
 //!
 //! [`reconnecting::connect`](crate::reconnecting::connect) is the full client: it runs the
 //! core's session machine, which also speaks the `CONNECT` proxy, confirms delivery with pongs

@@ -1,5 +1,5 @@
 //! A reconnecting client on std threads, driven by spool-core's [`client::Client`] session
-//! machine and calling a Late-shaped [`Handler`](crate::late::Handler).
+//! machine and calling a Late-shaped [`Handler`].
 //!
 //! One driver thread owns the machine and the handler and waits on one channel, with a timeout
 //! at the machine's next deadline; a short-lived thread per attempt opens the TCP connection,
