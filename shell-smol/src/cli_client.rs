@@ -1,4 +1,22 @@
 //! `spool client URL`: stdin lines out as text messages, what arrives on stdout, reconnecting.
+//!
+//! Delivery across a connection that dies mid-stream: a line counts as sent once the server
+//! answered a ping sent after it (the pong proves the server read every earlier frame). A
+//! line whose confirming pong died with the connection is sent again after the reconnect, so:
+//!
+//! - raw WebSocket mode is at-least-once: such a line can arrive twice (never lost, never
+//!   reordered). `--resend-unconfirmed false` makes it at-most-once: a line is forgotten once
+//!   written, and what was in flight when the connection died can be lost, never duplicated.
+//! - `--phoenix` mode is exactly-once with a receiver that helps: each push carries an
+//!   idempotency key, `{"body": line, "client_msg_id": "<run id>-<n>"}` (the run id drawn from
+//!   the OS once per process, `n` counting lines from 1), and `spool serve`'s `room:*` channel
+//!   drops a repeat of a key it has seen (the last 4,096 a topic; see
+//!   `spool_core::channel::demo`). A push counts as sent once its reply came (the server
+//!   handled it, not only read it), and what a crashed channel had not answered is sent again
+//!   after the rejoin; `--confirm-by pong` counts pongs instead, for a server whose channel
+//!   does not reply. Exactly-once over an ambiguous failure cannot be had
+//!   without the receiver (Two Generals); Slack's `client_msg_id`, Discord's `nonce` and
+//!   Matrix's `txn_id` do the same.
 
 use std::io::{BufRead as _, Write as _};
 use std::time::Duration;
@@ -7,6 +25,7 @@ use serde_json::{Value, json};
 use spool_core::client::{self, Backoff, Proxy, proxy_from_env};
 use spool_core::ws::{Message, Url};
 
+use crate::io::random_bytes;
 use crate::reconnecting::{self, Handler, Next};
 
 /// What `spool client` was asked to do.
@@ -34,6 +53,12 @@ pub struct Options {
     pub phoenix_topic: Option<String>,
     /// Write the session's event log here.
     pub record: Option<std::path::PathBuf>,
+    /// Keep lines until a pong confirms them and send them again after a reconnect
+    /// (at-least-once); false: forget a line once written (at-most-once).
+    pub resend_unconfirmed: bool,
+    /// With `phoenix_topic`: a push counts as sent once its reply came (true), or once a pong
+    /// came after it (false: for a server whose channel does not reply to `shout`).
+    pub confirm_by_reply: bool,
 }
 
 /// Runs the client until stdin closes and the queue is sent (or the grace period ends).
@@ -71,15 +96,20 @@ pub fn run(options: Options) -> Result<(), String> {
         ..Backoff::default()
     };
     config.queue_max = options.queue_max.max(1);
+    config.resend_unconfirmed = options.resend_unconfirmed;
     config.proxy = proxy;
     let grace = Duration::from_millis(options.grace_ms);
     let record = options.record.as_deref();
     match options.phoenix_topic {
         Some(topic) => {
             config.hold_until_ready = true;
-            let handler = Phoenix::new(topic.clone());
-            run_with(config, handler, grace, record, move |line, r| {
-                Message::text(push(&topic, r, "shout", &json!({ "body": line })))
+            config.confirm_by_reply = options.confirm_by_reply;
+            let handler = Phoenix::new(topic.clone(), options.confirm_by_reply);
+            // The run id: drawn from the OS here, carried into the core inside each message.
+            let run = hex(&random_bytes::<8>());
+            run_with(config, handler, grace, record, move |line, n| {
+                let payload = json!({ "body": line, "client_msg_id": format!("{run}-{n}") });
+                Message::text(push(&topic, PUSH_REF_BASE + n, "shout", &payload))
             })
         }
         None => run_with(config, Lines, grace, record, |line, _| Message::text(line)),
@@ -100,16 +130,16 @@ fn run_with<H: Handler<Info = ()>>(
     std::thread::spawn(move || {
         let stdin = std::io::stdin();
         let mut line = String::new();
-        // Push refs count from 1000, clear of the join's.
-        let mut reference = 1_000u64;
+        // Lines count from 1.
+        let mut n = 0u64;
         loop {
             line.clear();
             match stdin.lock().read_line(&mut line) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
                     let text = line.trim_end_matches(['\n', '\r']).to_string();
-                    reference += 1;
-                    if sender.send_blocking(encode(text, reference)).is_err() {
+                    n += 1;
+                    if sender.send_blocking(encode(text, n)).is_err() {
                         break;
                     }
                 }
@@ -179,6 +209,14 @@ impl Handler for Lines {
     }
 }
 
+/// Push refs count from here, clear of the join's.
+const PUSH_REF_BASE: u64 = 1_000;
+
+/// Lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A Phoenix V2 push frame.
 fn push(topic: &str, reference: u64, event: &str, payload: &Value) -> String {
     json!([JOIN_REF, reference.to_string(), topic, event, payload]).to_string()
@@ -193,13 +231,16 @@ const JOIN_REF: &str = "1";
 struct Phoenix {
     topic: String,
     heartbeat_ref: u64,
+    /// Replies confirm pushes (`client::Config::confirm_by_reply`).
+    by_reply: bool,
 }
 
 impl Phoenix {
-    fn new(topic: String) -> Phoenix {
+    fn new(topic: String, by_reply: bool) -> Phoenix {
         Phoenix {
             topic,
             heartbeat_ref: 0,
+            by_reply,
         }
     }
 }
@@ -221,7 +262,7 @@ impl Handler for Phoenix {
         let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(text) else {
             return Next::Ok;
         };
-        let [_join_ref, reference, topic, event, payload] = &parts[..] else {
+        let [join_ref, reference, topic, event, payload] = &parts[..] else {
             return Next::Ok;
         };
         match event.as_str() {
@@ -231,13 +272,26 @@ impl Handler for Phoenix {
                 }
                 eprintln!("spool client: join refused: {}", payload["response"]);
             }
-            Some("phx_reply") if payload["status"] != "ok" => {
-                eprintln!("spool client: push refused: {}", payload["response"]);
+            Some("phx_reply") => {
+                if payload["status"] != "ok" {
+                    eprintln!("spool client: push refused: {}", payload["response"]);
+                }
+                // A reply under our join answers the oldest push not yet answered: a channel
+                // handles its pushes in order. One without it (an unmatched topic, after a
+                // crash) answers nothing: that push is sent again after the rejoin.
+                let push = reference
+                    .as_str()
+                    .and_then(|r| r.parse::<u64>().ok())
+                    .is_some_and(|r| r > PUSH_REF_BASE);
+                if self.by_reply && push && join_ref.as_str() == Some(JOIN_REF) {
+                    return Next::Confirmed(1);
+                }
             }
             Some("phx_error") if topic.as_str() == Some(&self.topic) => {
-                // The channel crashed: join again on this connection (phoenix.js rejoins).
+                // The channel crashed: join again on this connection (phoenix.js rejoins),
+                // and send again, after the join, what it had not answered.
                 let join = json!([JOIN_REF, JOIN_REF, self.topic, "phx_join", {}]).to_string();
-                return Next::Reply(vec![Message::text(join)]);
+                return Next::Rewind(vec![Message::text(join)]);
             }
             Some(event) if !event.starts_with("phx_") && !event.starts_with("presence_") => {
                 match payload.get("body").and_then(Value::as_str) {

@@ -193,8 +193,17 @@ struct ClientArgs {
     /// [default: $https_proxy for wss://, $http_proxy for ws://, unless $no_proxy names the host].
     #[arg(long, value_name = "URL")]
     proxy: Option<String>,
-    /// Speak Phoenix channels: each line is pushed as `shout` {"body": line}, broadcasts are
-    /// printed.
+    /// Keep each line until a pong confirms the server read it, and send it again after a
+    /// reconnect if none did: at-least-once (a line can arrive twice). false: at-most-once (a
+    /// line in flight when the connection dies can be lost).
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    resend_unconfirmed: bool,
+    /// What confirms a line: `reply` (with --phoenix, the default: the push's reply) or `pong`
+    /// (a pong after it: the server read it; the only choice without --phoenix).
+    #[arg(long, value_name = "HOW", value_parser = ["reply", "pong"])]
+    confirm_by: Option<String>,
+    /// Speak Phoenix channels: each line is pushed as `shout` {"body": line, "client_msg_id":
+    /// "RUN-N"} (the key lets the server drop a resent repeat), broadcasts are printed.
     #[arg(long, requires = "join")]
     phoenix: bool,
     /// The topic to join with --phoenix.
@@ -487,6 +496,15 @@ fn main() -> ExitCode {
             proxy: args.proxy,
             phoenix_topic: args.join,
             record: args.record,
+            resend_unconfirmed: args.resend_unconfirmed,
+            confirm_by_reply: match args.confirm_by.as_deref() {
+                Some("reply") if !args.phoenix => {
+                    eprintln!("spool client: --confirm-by reply needs --phoenix");
+                    return ExitCode::from(2);
+                }
+                Some("pong") => false,
+                _ => args.phoenix,
+            },
         }),
         Command::Serve(args) => serve(args),
         Command::Replay { log } => replay(&log),

@@ -4,34 +4,33 @@
 //! [`PhoenixClient::connect`] opens the socket (`…/websocket?vsn=2.0.0`, as phoenix.js builds
 //! it) and keeps it open with the core machine's backoff; [`PhoenixClient::channel`] gives a
 //! [`Channel`] that joins with params, pushes with replies and timeouts, receives what the
-//! server sends to the topic, tracks presence with [`spool_core::client::phoenix::Presence`]
-//! (phoenix.js's sync rules) and leaves.
+//! server sends to the topic, tracks presence (phoenix.js's sync rules) and leaves.
 //!
-//! What phoenix.js does, this does:
-//! - refs come from one counter per client, and every (re)join takes a new join_ref; a message
-//!   whose join_ref is not the channel's current one is dropped;
-//! - when the socket drops, joined channels become errored; when it opens again every errored
-//!   channel rejoins at once; a rejoin that fails (refused, timed out, or a `phx_error` while
-//!   connected) is retried after [`PhoenixOptions::rejoin_after`] (phoenix.js: 1 s, 2 s, 5 s,
-//!   then 10 s), the count restarting after a join succeeds or the socket opens;
-//! - pushes made while the channel is not joined are held and sent after the join, their
-//!   timeout running from the push;
-//! - a heartbeat goes to the `phoenix` topic every [`PhoenixOptions::heartbeat_interval`]
-//!   (30 s). A dead peer is detected by the WebSocket keep-alive of the core machine
-//!   (ping, pong deadline), not by a missing heartbeat reply.
+//! The protocol's rules (refs and join_refs, rejoins on phoenix.js's schedule, held pushes,
+//! push, join and leave timeouts, heartbeats, the bound on pushes awaiting replies, the
+//! idempotency keys of [`Channel::push_once`]) are spool-core's sans-IO
+//! [`spool_core::client::phoenix::Channels`] machine: this module only hands it the socket's
+//! frames and opens and closes, the callers' requests and the clock, arms one timer at its
+//! next deadline, and carries its answers to the callers. Read that module for what phoenix.js
+//! does and this does too.
+//!
+//! A dead peer is detected by the WebSocket keep-alive of the core client machine (ping, pong
+//! deadline), not by a missing heartbeat reply.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures_lite::FutureExt as _;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use smol::channel::{Receiver, Sender};
-use spool_core::client::phoenix::{Change, Presence, rejoin_ms};
+use spool_core::client::phoenix::{self as core, Change, rejoin_ms};
 use spool_core::client::{self, Backoff};
 use spool_core::ws::{Message, Url};
 
+pub use spool_core::client::phoenix::{JoinError, PushError};
+
+use crate::io::{Clock, random_bytes};
 use crate::reconnecting::{self, ClientHandle, ClientSender, Handler, Next};
 
 /// How a [`PhoenixClient`] behaves; the defaults are phoenix.js's.
@@ -42,7 +41,8 @@ pub struct PhoenixOptions {
     /// How often a heartbeat goes to the `phoenix` topic. Default 30 s.
     pub heartbeat_interval: Duration,
     /// The delay before rejoin attempt `tries` (from 1). Default phoenix.js's 1 s, 2 s, 5 s,
-    /// then 10 s ([`rejoin_ms`]).
+    /// then 10 s ([`rejoin_ms`]). Read for tries 1 to [`REJOIN_SCHEDULE_LEN`] when the client
+    /// is made (the machine takes a schedule as data); the last delay repeats.
     pub rejoin_after: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
     /// The socket's reconnect backoff (the core machine's, with jitter).
     pub backoff: Backoff,
@@ -52,7 +52,18 @@ pub struct PhoenixOptions {
     /// reader that is not keeping up loses the newest, counted by [`Channel::dropped`] and
     /// logged, rather than the client's memory growing. Default 1,024.
     pub channel_buffer: usize,
+    /// The most pushes awaiting replies at once, over all channels (sent, held until a join,
+    /// or kept by [`Channel::push_once`] for a resend). Past it a push fails at once with
+    /// [`PushError::TooMany`]. Default 1,024, as the core's `max_calls`.
+    pub max_pending: usize,
+    /// Write the channels machine's event log here (its configuration, then every event, one
+    /// JSON object a line): `spool_core::client::phoenix::replay` runs it again to the same
+    /// outbounds. Default: none.
+    pub record: Option<std::path::PathBuf>,
 }
+
+/// How many tries of [`PhoenixOptions::rejoin_after`] become the machine's rejoin schedule.
+pub const REJOIN_SCHEDULE_LEN: u32 = 16;
 
 impl Default for PhoenixOptions {
     fn default() -> Self {
@@ -63,6 +74,8 @@ impl Default for PhoenixOptions {
             backoff: Backoff::default(),
             connect_timeout: Duration::from_secs(10),
             channel_buffer: 1024,
+            max_pending: 1024,
+            record: None,
         }
     }
 }
@@ -75,6 +88,7 @@ impl std::fmt::Debug for PhoenixOptions {
             .field("backoff", &self.backoff)
             .field("connect_timeout", &self.connect_timeout)
             .field("channel_buffer", &self.channel_buffer)
+            .field("max_pending", &self.max_pending)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +98,8 @@ impl std::fmt::Debug for PhoenixOptions {
 pub enum ConnectError {
     /// The URL is not a `ws`, `wss`, `http` or `https` URL.
     Url(String),
+    /// The record file could not be written.
+    Record(std::io::Error),
     /// The reconnecting client refused the configuration.
     Client(reconnecting::ConnectError),
 }
@@ -92,59 +108,13 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Url(e) => write!(f, "bad URL: {e}"),
+            ConnectError::Record(e) => write!(f, "cannot write the record file: {e}"),
             ConnectError::Client(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for ConnectError {}
-
-/// Why a join did not succeed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum JoinError {
-    /// The server refused it (`status` "error"); the channel keeps rejoining, as phoenix.js's
-    /// does, until [`Channel::leave`].
-    Refused(Value),
-    /// No reply within the timeout (the channel keeps trying).
-    Timeout,
-    /// The channel was closed, or the client stopped.
-    Closed,
-}
-
-/// Why a push did not get an `ok` reply.
-#[derive(Debug, Clone, PartialEq)]
-pub enum PushError {
-    /// The reply had another status (`"error"` …): the status and its response.
-    Reply(String, Value),
-    /// No reply within the timeout.
-    Timeout,
-    /// The channel is closed, was never joined, or the client stopped.
-    Closed,
-}
-
-impl std::fmt::Display for JoinError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            JoinError::Refused(r) => write!(f, "join refused: {r}"),
-            JoinError::Timeout => f.write_str("join timed out"),
-            JoinError::Closed => f.write_str("channel closed"),
-        }
-    }
-}
-
-impl std::error::Error for JoinError {}
-
-impl std::fmt::Display for PushError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PushError::Reply(status, r) => write!(f, "reply {status}: {r}"),
-            PushError::Timeout => f.write_str("push timed out"),
-            PushError::Closed => f.write_str("channel closed"),
-        }
-    }
-}
-
-impl std::error::Error for PushError {}
 
 /// A message the server sent to a channel: a broadcast or a push to this client.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,40 +125,36 @@ pub struct ChannelMessage {
     pub payload: Value,
 }
 
-type PushAnswer = Sender<Result<Value, PushError>>;
-
+/// What a caller asks of the machine, with where its answer goes.
 enum Cmd {
     Join {
+        id: u64,
         topic: String,
         params: Value,
         sinks: Sinks,
         answer: Sender<Result<Value, JoinError>>,
     },
     Push {
+        id: u64,
         topic: String,
         event: String,
         payload: Value,
-        answer: PushAnswer,
+        timeout_ms: u64,
+        once: bool,
+        answer: Sender<Result<Value, PushError>>,
     },
     Leave {
+        id: u64,
         topic: String,
         answer: Sender<()>,
     },
-    Heartbeat,
-    Rejoin {
-        topic: String,
-        generation: u64,
-    },
-    JoinTimeout {
-        topic: String,
-        join_ref: String,
-    },
+    /// The machine's deadline came.
+    Tick,
 }
 
 #[derive(Clone)]
 struct Sinks {
     events: Sender<ChannelMessage>,
-    presence: Arc<Mutex<Presence>>,
     changes: Sender<Change>,
     /// Messages and presence changes a full buffer refused.
     dropped: Arc<AtomicU64>,
@@ -208,236 +174,122 @@ impl Sinks {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Joining,
-    Joined,
-    Errored,
-}
-
-struct Chan {
-    params: Value,
-    state: State,
-    join_ref: Option<String>,
-    waiter: Option<Sender<Result<Value, JoinError>>>,
-    tries: u32,
-    generation: u64,
-    held: Vec<(String, Value, PushAnswer)>,
-    sinks: Sinks,
-}
-
-enum Pending {
-    Push(PushAnswer),
-    Join(String),
-    Leave(Sender<()>),
-}
-
+/// The Late handler: feeds the machine, carries out what it says. Its maps hold one entry per
+/// request the machine has not answered yet, so the machine's bounds bound them too.
 struct PhoenixHandler {
-    connected: bool,
-    next_ref: u64,
-    channels: HashMap<String, Chan>,
-    pending: HashMap<String, Pending>,
+    machine: Arc<Mutex<core::Channels>>,
+    clock: Clock,
+    joins: HashMap<u64, Sender<Result<Value, JoinError>>>,
+    pushes: HashMap<u64, Sender<Result<Value, PushError>>>,
+    leaves: HashMap<u64, Sender<()>>,
+    sinks: HashMap<String, Sinks>,
+    /// Where ticks go: the client's own info channel, through a forwarding task.
     timers: Sender<Cmd>,
-    timeout: Duration,
-    rejoin_after: Arc<dyn Fn(u32) -> Duration + Send + Sync>,
+    /// The deadline a timer is armed for.
+    armed: Option<u64>,
+    recorder: Option<std::io::BufWriter<std::fs::File>>,
 }
 
-fn frame(join_ref: Option<&str>, r: &str, topic: &str, event: &str, payload: &Value) -> Message {
-    Message::text(json!([join_ref, r, topic, event, payload]).to_string())
-}
-
-impl PhoenixHandler {
-    fn make_ref(&mut self) -> String {
-        self.next_ref += 1;
-        self.next_ref.to_string()
-    }
-
-    fn after(&self, delay: Duration, cmd: Cmd) {
-        let timers = self.timers.clone();
-        smol::spawn(async move {
-            smol::Timer::after(delay).await;
-            let _ = timers.send(cmd).await;
-        })
-        .detach();
-    }
-
-    /// A join frame with a new join_ref, if connected.
-    fn join_frame(&mut self, topic: &str) -> Option<Message> {
-        if !self.connected || !self.channels.contains_key(topic) {
-            return None;
-        }
-        let r = self.make_ref();
-        let chan = self.channels.get_mut(topic)?;
-        if let Some(old) = chan.join_ref.replace(r.clone()) {
-            self.pending.remove(&old);
-        }
-        chan.state = State::Joining;
-        let message = frame(Some(&r), &r, topic, "phx_join", &chan.params);
-        self.pending
-            .insert(r.clone(), Pending::Join(topic.to_string()));
-        self.after(
-            self.timeout,
-            Cmd::JoinTimeout {
-                topic: topic.to_string(),
-                join_ref: r,
-            },
-        );
-        Some(message)
-    }
-
-    fn schedule_rejoin(&mut self, topic: &str) {
-        let Some(chan) = self.channels.get_mut(topic) else {
-            return;
-        };
-        chan.state = State::Errored;
-        chan.tries += 1;
-        chan.generation += 1;
-        let delay = (self.rejoin_after)(chan.tries);
-        let generation = chan.generation;
-        if self.connected {
-            self.after(
-                delay,
-                Cmd::Rejoin {
-                    topic: topic.to_string(),
-                    generation,
-                },
-            );
-        }
-    }
-
-    fn push_frame(
-        &mut self,
-        topic: &str,
-        event: &str,
-        payload: &Value,
-        answer: PushAnswer,
-    ) -> Message {
-        let r = self.make_ref();
-        let join_ref = self.channels.get(topic).and_then(|c| c.join_ref.clone());
-        self.pending.insert(r.clone(), Pending::Push(answer));
-        frame(join_ref.as_deref(), &r, topic, event, payload)
-    }
-
-    fn forget_abandoned(&mut self) {
-        self.pending
-            .retain(|_, p| !matches!(p, Pending::Push(a) if a.is_closed()));
-    }
-
-    fn on_reply(&mut self, r: &str, topic: &str, payload: &Value) -> Vec<Message> {
-        let status = payload
-            .get("status")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let response = payload.get("response").cloned().unwrap_or(Value::Null);
-        let mut out = Vec::new();
-        match self.pending.remove(r) {
-            Some(Pending::Push(answer)) => {
-                let result = if status == "ok" {
-                    Ok(response)
-                } else {
-                    Err(PushError::Reply(status, response))
-                };
-                let _ = answer.try_send(result);
-            }
-            Some(Pending::Leave(answer)) => {
-                let _ = answer.try_send(());
-            }
-            Some(Pending::Join(joined)) if joined == topic => {
-                let Some(chan) = self.channels.get_mut(topic) else {
-                    return out;
-                };
-                if chan.join_ref.as_deref() != Some(r) {
-                    return out;
-                }
-                if status == "ok" {
-                    chan.state = State::Joined;
-                    chan.tries = 0;
-                    chan.generation += 1;
-                    if let Some(waiter) = chan.waiter.take() {
-                        let _ = waiter.try_send(Ok(response));
-                    }
-                    let held = std::mem::take(&mut chan.held);
-                    for (event, payload, answer) in held {
-                        if !answer.is_closed() {
-                            out.push(self.push_frame(topic, &event, &payload, answer));
-                        }
-                    }
-                } else {
-                    if let Some(waiter) = chan.waiter.take() {
-                        let _ = waiter.try_send(Err(JoinError::Refused(response)));
-                    }
-                    self.schedule_rejoin(topic);
-                }
-            }
-            _ => {}
-        }
-        out
-    }
-
-    fn on_message(&mut self, join_ref: Option<&str>, topic: &str, event: &str, payload: Value) {
-        let Some((state, current)) = self
-            .channels
-            .get(topic)
-            .map(|c| (c.state, c.join_ref.clone()))
-        else {
-            return;
-        };
-        // phoenix.js's isMember: a message of an earlier join is dropped.
-        if join_ref.is_some() && join_ref != current.as_deref() {
-            return;
-        }
-        match event {
-            "phx_error" => {
-                if state != State::Errored {
-                    if let Some(r) = current {
-                        self.pending.remove(&r);
-                    }
-                    self.schedule_rejoin(topic);
-                }
-            }
-            "phx_close" => {
-                if let Some(chan) = self.channels.remove(topic) {
-                    if let Some(waiter) = chan.waiter {
-                        let _ = waiter.try_send(Err(JoinError::Closed));
-                    }
-                    for (_, _, answer) in chan.held {
-                        let _ = answer.try_send(Err(PushError::Closed));
-                    }
-                }
-            }
-            _ => {
-                let Some(chan) = self.channels.get(topic) else {
-                    return;
-                };
-                let current = current.unwrap_or_default();
-                let changes = match event {
-                    "presence_state" => lock(&chan.sinks.presence).on_state(&current, &payload),
-                    "presence_diff" => lock(&chan.sinks.presence).on_diff(&current, &payload),
-                    _ => Vec::new(),
-                };
-                for change in changes {
-                    chan.sinks.offer(&chan.sinks.changes, change, topic);
-                }
-                let message = ChannelMessage {
-                    event: event.to_string(),
-                    payload,
-                };
-                chan.sinks.offer(&chan.sinks.events, message, topic);
-            }
-        }
-    }
+/// Writes one line of the machine's log.
+fn write_line(
+    file: &mut std::io::BufWriter<std::fs::File>,
+    line: &core::Line,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    serde_json::to_writer(&mut *file, line)?;
+    file.write_all(b"\n")?;
+    file.flush()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn reply(frames: Vec<Message>) -> Next {
-    if frames.is_empty() {
-        Next::Ok
-    } else {
-        Next::Reply(frames)
+impl PhoenixHandler {
+    /// Gives the machine `event`, carries out its answer, re-arms the timer; the frames to
+    /// send on the current socket.
+    fn feed(&mut self, event: core::Event) -> Next {
+        if let Some(file) = self.recorder.as_mut()
+            && let Err(e) = write_line(file, &core::Line::Event(event.clone()))
+        {
+            tracing::warn!("recording stopped: {e}");
+            self.recorder = None;
+        }
+        let (out, deadline) = {
+            let mut machine = lock(&self.machine);
+            let out = machine.handle(event);
+            (out, machine.next_deadline())
+        };
+        let mut frames = Vec::new();
+        for outbound in out {
+            match outbound {
+                core::Outbound::Send { text } => frames.push(Message::text(text)),
+                core::Outbound::JoinDone { id, result } => {
+                    if let Err(e) = &result {
+                        tracing::debug!("join {id}: {e}");
+                    }
+                    if let Some(answer) = self.joins.remove(&id) {
+                        let _ = answer.try_send(result);
+                    }
+                }
+                core::Outbound::PushDone { id, result } => {
+                    if let Err(e) = &result {
+                        tracing::debug!("push {id}: {e}");
+                    }
+                    if let Some(answer) = self.pushes.remove(&id) {
+                        let _ = answer.try_send(result);
+                    }
+                }
+                core::Outbound::LeaveDone { id } => {
+                    if let Some(answer) = self.leaves.remove(&id) {
+                        let _ = answer.try_send(());
+                    }
+                }
+                core::Outbound::Message {
+                    topic,
+                    event,
+                    payload,
+                } => {
+                    if let Some(sinks) = self.sinks.get(&topic) {
+                        let message = ChannelMessage { event, payload };
+                        sinks.offer(&sinks.events, message, &topic);
+                    }
+                }
+                core::Outbound::PresenceChanged { topic, changes } => {
+                    if let Some(sinks) = self.sinks.get(&topic) {
+                        for change in changes {
+                            sinks.offer(&sinks.changes, change, &topic);
+                        }
+                    }
+                }
+            }
+        }
+        self.arm(deadline);
+        if frames.is_empty() {
+            Next::Ok
+        } else {
+            Next::Reply(frames)
+        }
+    }
+
+    /// One timer at the machine's next deadline; an earlier one armed already is enough (a
+    /// tick before the deadline does nothing but re-arm).
+    fn arm(&mut self, deadline: Option<u64>) {
+        let Some(at) = deadline else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        if self.armed.is_some_and(|armed| armed <= at && armed >= now) {
+            return;
+        }
+        self.armed = Some(at);
+        let timers = self.timers.clone();
+        let delay = Duration::from_millis(at.saturating_sub(now));
+        smol::spawn(async move {
+            smol::Timer::after(delay).await;
+            let _ = timers.send(Cmd::Tick).await;
+        })
+        .detach();
     }
 }
 
@@ -447,35 +299,14 @@ impl Handler for PhoenixHandler {
     type Info = Cmd;
 
     fn handle_connect(&mut self, _headers: &[(String, String)]) -> Next {
-        self.connected = true;
-        let topics: Vec<String> = self.channels.keys().cloned().collect();
-        let mut out = Vec::new();
-        for topic in topics {
-            if let Some(chan) = self.channels.get_mut(&topic) {
-                // phoenix.js: the socket opened, so the rejoin timer restarts and an errored
-                // channel rejoins now.
-                chan.tries = 0;
-                chan.generation += 1;
-            }
-            out.extend(self.join_frame(&topic));
-        }
-        reply(out)
+        let now_ms = self.clock.now_ms();
+        self.feed(core::Event::Opened { now_ms })
     }
 
     fn handle_disconnect(&mut self, _code: u16, _reason: &str) -> Next {
-        self.connected = false;
-        for chan in self.channels.values_mut() {
-            chan.state = State::Errored;
-            chan.generation += 1;
-        }
-        self.pending.retain(|_, p| match p {
-            Pending::Join(_) => false,
-            Pending::Leave(answer) => {
-                let _ = answer.try_send(());
-                false
-            }
-            Pending::Push(_) => true,
-        });
+        let now_ms = self.clock.now_ms();
+        // Frames for a socket that is gone go nowhere: a disconnect sends nothing.
+        let _ = self.feed(core::Event::Closed { now_ms });
         Next::Ok
     }
 
@@ -483,135 +314,74 @@ impl Handler for PhoenixHandler {
         let Some(text) = frame.as_text() else {
             return Next::Ok;
         };
-        let Ok(Value::Array(parts)) = serde_json::from_str::<Value>(text) else {
-            return Next::Ok;
-        };
-        let Ok([join_ref, r, topic, event, payload]) = <[Value; 5]>::try_from(parts) else {
-            return Next::Ok;
-        };
-        let (Some(topic), Some(event)) = (topic.as_str(), event.as_str()) else {
-            return Next::Ok;
-        };
-        if event == "phx_reply" {
-            if let Some(r) = r.as_str() {
-                return reply(self.on_reply(r, topic, &payload));
-            }
-            return Next::Ok;
-        }
-        self.on_message(join_ref.as_str(), topic, event, payload);
-        Next::Ok
+        let now_ms = self.clock.now_ms();
+        let text = text.to_string();
+        self.feed(core::Event::Receive { now_ms, text })
     }
 
     fn handle_info(&mut self, cmd: Cmd) -> Next {
-        self.forget_abandoned();
-        match cmd {
+        let now_ms = self.clock.now_ms();
+        let event = match cmd {
             Cmd::Join {
+                id,
                 topic,
                 params,
                 sinks,
                 answer,
             } => {
-                if let Some(old) = self.channels.remove(&topic)
-                    && let Some(waiter) = old.waiter
-                {
-                    let _ = waiter.try_send(Err(JoinError::Closed));
+                self.sinks.insert(topic.clone(), sinks);
+                self.joins.insert(id, answer);
+                core::Event::Join {
+                    now_ms,
+                    id,
+                    topic,
+                    params,
                 }
-                self.channels.insert(
-                    topic.clone(),
-                    Chan {
-                        params,
-                        state: State::Joining,
-                        join_ref: None,
-                        waiter: Some(answer),
-                        tries: 0,
-                        generation: 0,
-                        held: Vec::new(),
-                        sinks,
-                    },
-                );
-                reply(self.join_frame(&topic).into_iter().collect())
             }
             Cmd::Push {
+                id,
                 topic,
                 event,
                 payload,
+                timeout_ms,
+                once,
                 answer,
             } => {
-                let Some(chan) = self.channels.get_mut(&topic) else {
-                    let _ = answer.try_send(Err(PushError::Closed));
-                    return Next::Ok;
-                };
-                if chan.state == State::Joined && self.connected {
-                    reply(vec![self.push_frame(&topic, &event, &payload, answer)])
-                } else {
-                    chan.held.push((event, payload, answer));
-                    Next::Ok
+                self.pushes.insert(id, answer);
+                core::Event::Push {
+                    now_ms,
+                    id,
+                    topic,
+                    event,
+                    payload,
+                    timeout_ms,
+                    once,
                 }
             }
-            Cmd::Leave { topic, answer } => {
-                let Some(chan) = self.channels.remove(&topic) else {
-                    let _ = answer.try_send(());
-                    return Next::Ok;
-                };
-                for (_, _, held) in chan.held {
-                    let _ = held.try_send(Err(PushError::Closed));
-                }
-                if let Some(join_ref) = chan.join_ref.filter(|_| self.connected) {
-                    self.pending.remove(&join_ref);
-                    let r = self.make_ref();
-                    self.pending.insert(r.clone(), Pending::Leave(answer));
-                    reply(vec![frame(
-                        Some(&join_ref),
-                        &r,
-                        &topic,
-                        "phx_leave",
-                        &json!({}),
-                    )])
-                } else {
-                    let _ = answer.try_send(());
-                    Next::Ok
-                }
+            Cmd::Leave { id, topic, answer } => {
+                self.sinks.remove(&topic);
+                self.leaves.insert(id, answer);
+                core::Event::Leave { now_ms, id, topic }
             }
-            Cmd::Heartbeat => {
-                if !self.connected {
-                    return Next::Ok;
-                }
-                let r = self.make_ref();
-                reply(vec![frame(None, &r, "phoenix", "heartbeat", &json!({}))])
+            Cmd::Tick => {
+                self.armed = None;
+                core::Event::Tick { now_ms }
             }
-            Cmd::Rejoin { topic, generation } => {
-                let due = self
-                    .channels
-                    .get(&topic)
-                    .is_some_and(|c| c.generation == generation && c.state == State::Errored);
-                if due {
-                    reply(self.join_frame(&topic).into_iter().collect())
-                } else {
-                    Next::Ok
-                }
-            }
-            Cmd::JoinTimeout { topic, join_ref } => {
-                let timed_out = self.channels.get(&topic).is_some_and(|c| {
-                    c.state == State::Joining && c.join_ref.as_deref() == Some(&join_ref)
-                });
-                if !timed_out || !self.connected {
-                    return Next::Ok;
-                }
-                // phoenix.js: leave that join, then rejoin on the backoff.
-                self.pending.remove(&join_ref);
-                let r = self.make_ref();
-                let leave = frame(Some(&join_ref), &r, &topic, "phx_leave", &json!({}));
-                self.schedule_rejoin(&topic);
-                reply(vec![leave])
-            }
-        }
+        };
+        self.feed(event)
     }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A connected (or connecting) Phoenix socket.
 pub struct PhoenixClient {
     handle: Option<ClientHandle<PhoenixHandler>>,
     sender: ClientSender<PhoenixHandler>,
+    machine: Arc<Mutex<core::Channels>>,
+    ids: Arc<AtomicU64>,
     timeout: Duration,
     channel_buffer: usize,
     _tasks: Vec<smol::Task<()>>,
@@ -644,18 +414,42 @@ impl PhoenixClient {
         url.target = format!("{path}?{query}");
         let mut config = client::Config::new(url);
         config.backoff = options.backoff;
-        config.connect_timeout_ms = u64::try_from(options.connect_timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        config.connect_timeout_ms = millis(options.connect_timeout).max(1);
+        let machine_config = core::Config {
+            timeout_ms: millis(options.timeout),
+            heartbeat_interval_ms: millis(options.heartbeat_interval).max(1),
+            rejoin_schedule_ms: (1..=REJOIN_SCHEDULE_LEN)
+                .map(|tries| millis((options.rejoin_after)(tries)))
+                .collect(),
+            max_pending: options.max_pending.max(1),
+            // Drawn from the OS: the machine's idempotency keys are unique to this run.
+            run_id: random_bytes::<8>()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        };
+        let recorder = match &options.record {
+            Some(path) => {
+                let file = std::fs::File::create(path).map_err(ConnectError::Record)?;
+                let mut file = std::io::BufWriter::new(file);
+                let setup = core::Line::Setup(machine_config.clone());
+                write_line(&mut file, &setup).map_err(ConnectError::Record)?;
+                Some(file)
+            }
+            None => None,
+        };
+        let machine = Arc::new(Mutex::new(core::Channels::new(machine_config)));
         let (timers, timer_inbox) = smol::channel::unbounded();
         let handler = PhoenixHandler {
-            connected: false,
-            next_ref: 0,
-            channels: HashMap::new(),
-            pending: HashMap::new(),
+            machine: machine.clone(),
+            clock: Clock::new(),
+            joins: HashMap::new(),
+            pushes: HashMap::new(),
+            leaves: HashMap::new(),
+            sinks: HashMap::new(),
             timers,
-            timeout: options.timeout,
-            rejoin_after: options.rejoin_after.clone(),
+            armed: None,
+            recorder,
         };
         let handle = reconnecting::connect(config, handler).map_err(ConnectError::Client)?;
         let sender = handle.sender();
@@ -669,24 +463,14 @@ impl PhoenixClient {
                 }
             })
         };
-        let heartbeat = {
-            let sender = sender.clone();
-            let every = options.heartbeat_interval.max(Duration::from_millis(1));
-            smol::spawn(async move {
-                loop {
-                    smol::Timer::after(every).await;
-                    if sender.info(Cmd::Heartbeat).await.is_err() {
-                        break;
-                    }
-                }
-            })
-        };
         Ok(PhoenixClient {
             handle: Some(handle),
             sender,
+            machine,
+            ids: Arc::new(AtomicU64::new(1)),
             timeout: options.timeout,
             channel_buffer: options.channel_buffer.max(1),
-            _tasks: vec![forward, heartbeat],
+            _tasks: vec![forward],
         })
     }
 
@@ -699,10 +483,11 @@ impl PhoenixClient {
             topic: topic.to_string(),
             params,
             sender: self.sender.clone(),
+            machine: self.machine.clone(),
+            ids: self.ids.clone(),
             timeout: self.timeout,
             sinks: Sinks {
                 events: events_tx,
-                presence: Arc::new(Mutex::new(Presence::new())),
                 changes: changes_tx,
                 dropped: Arc::new(AtomicU64::new(0)),
             },
@@ -733,25 +518,22 @@ pub struct Channel {
     topic: String,
     params: Value,
     sender: ClientSender<PhoenixHandler>,
+    machine: Arc<Mutex<core::Channels>>,
+    ids: Arc<AtomicU64>,
     timeout: Duration,
     sinks: Sinks,
     events: Receiver<ChannelMessage>,
     changes: Receiver<Change>,
 }
 
-async fn within<T>(timeout: Duration, answer: Receiver<T>) -> Option<Option<T>> {
-    async { Some(answer.recv().await.ok()) }
-        .or(async {
-            smol::Timer::after(timeout).await;
-            None
-        })
-        .await
-}
-
 impl Channel {
     /// The topic.
     pub fn topic(&self) -> &str {
         &self.topic
+    }
+
+    fn id(&self) -> u64 {
+        self.ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Joins (or rejoins) the topic and waits for the reply, at most the client's timeout. After
@@ -762,17 +544,14 @@ impl Channel {
     pub async fn join(&self) -> Result<Value, JoinError> {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Join {
+            id: self.id(),
             topic: self.topic.clone(),
             params: self.params.clone(),
             sinks: self.sinks.clone(),
             answer,
         };
         self.sender.info(cmd).await.map_err(|_| JoinError::Closed)?;
-        match within(self.timeout, answered).await {
-            None => Err(JoinError::Timeout),
-            Some(None) => Err(JoinError::Closed),
-            Some(Some(result)) => result,
-        }
+        answered.recv().await.unwrap_or(Err(JoinError::Closed))
     }
 
     /// Pushes `event` with `payload` and waits for its reply, at most the client's timeout
@@ -781,7 +560,7 @@ impl Channel {
     /// # Errors
     /// [`PushError`].
     pub async fn push(&self, event: &str, payload: Value) -> Result<Value, PushError> {
-        self.push_with_timeout(event, payload, self.timeout).await
+        self.push_inner(event, payload, self.timeout, false).await
     }
 
     /// [`Channel::push`] with its own timeout.
@@ -794,19 +573,54 @@ impl Channel {
         payload: Value,
         timeout: Duration,
     ) -> Result<Value, PushError> {
+        self.push_inner(event, payload, timeout, false).await
+    }
+
+    /// Pushes `event` with `payload` (a JSON object) plus an idempotency key, `client_msg_id`,
+    /// unique in this client's run, and waits for its reply, at most the client's timeout.
+    /// Until the reply comes the push is kept and, if its connection dies or its channel
+    /// crashes, sent again (same key, in order) after the channel rejoins: with a server that
+    /// drops repeats of a key it arrives once; with one that does not, at least once. A push
+    /// whose timeout passed is forgotten.
+    ///
+    /// # Errors
+    /// [`PushError`]; [`PushError::NotAnObject`] for a payload that is not an object.
+    pub async fn push_once(&self, event: &str, payload: Value) -> Result<Value, PushError> {
+        self.push_inner(event, payload, self.timeout, true).await
+    }
+
+    /// [`Channel::push_once`] with its own timeout.
+    ///
+    /// # Errors
+    /// [`PushError`].
+    pub async fn push_once_with_timeout(
+        &self,
+        event: &str,
+        payload: Value,
+        timeout: Duration,
+    ) -> Result<Value, PushError> {
+        self.push_inner(event, payload, timeout, true).await
+    }
+
+    async fn push_inner(
+        &self,
+        event: &str,
+        payload: Value,
+        timeout: Duration,
+        once: bool,
+    ) -> Result<Value, PushError> {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Push {
+            id: self.id(),
             topic: self.topic.clone(),
             event: event.to_string(),
             payload,
+            timeout_ms: millis(timeout),
+            once,
             answer,
         };
         self.sender.info(cmd).await.map_err(|_| PushError::Closed)?;
-        match within(timeout, answered).await {
-            None => Err(PushError::Timeout),
-            Some(None) => Err(PushError::Closed),
-            Some(Some(result)) => result,
-        }
+        answered.recv().await.unwrap_or(Err(PushError::Closed))
     }
 
     /// The next message the server sent to this channel (broadcasts, pushes, presence events),
@@ -828,7 +642,10 @@ impl Channel {
 
     /// The presences now: `{"key": {"metas": [..]}}`.
     pub fn presence(&self) -> Map<String, Value> {
-        lock(&self.sinks.presence).state().clone()
+        lock(&self.machine)
+            .presence(&self.topic)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every presence join and leave, as phoenix.js's `onJoin` / `onLeave` see them.
@@ -841,11 +658,12 @@ impl Channel {
     pub async fn leave(&self) {
         let (answer, answered) = smol::channel::bounded(1);
         let cmd = Cmd::Leave {
+            id: self.id(),
             topic: self.topic.clone(),
             answer,
         };
         if self.sender.info(cmd).await.is_ok() {
-            let _ = within(self.timeout, answered).await;
+            let _ = answered.recv().await;
         }
     }
 }

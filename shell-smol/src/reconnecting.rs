@@ -8,7 +8,6 @@
 //! at the machine's next deadline and calls the handler on what it reports. It never decides
 //! when to retry.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::TcpStream;
@@ -23,14 +22,15 @@ use futures_rustls::TlsConnector;
 use futures_rustls::pki_types::ServerName;
 use smol::Async;
 use smol::channel::{Receiver, Sender, TrySendError};
-use spool_core::client::{self, CallError, Event, Outbound, StopReason};
+use spool_core::client::{self, CallError, Event, StopReason};
 use spool_core::replay::ClientLine;
 use spool_core::ws::Message;
 
 use crate::client::{Transport, connect_tcp};
-use crate::io::{Clock, Deadline, Outgoing, hang_up, poll_read, poll_write, random_bytes};
+use crate::io::{Deadline, Outgoing, hang_up, poll_read, poll_write, random_bytes};
 
 pub use spool_std::late::{From, Handler, Next, reply};
+use spool_std::late_session::{Io, LateSession, Transport as LateTransport, write_line};
 
 enum Command<H: Handler> {
     Send(Message),
@@ -263,23 +263,16 @@ pub fn connect_recorded<H: Handler>(
     let (commands, inbox) = smol::channel::bounded(64);
     let (replies, reply_inbox) = smol::channel::unbounded();
     let driver = Driver {
-        core,
-        clock: Clock::new(),
-        handler,
-        stream: None,
-        connecting: None,
-        securing: None,
-        outgoing: Outgoing::default(),
+        session: LateSession::new(core, handler, recorder),
+        io: SmolIo {
+            stream: None,
+            connecting: None,
+            securing: None,
+            outgoing: Outgoing::default(),
+            hang_ups: Vec::new(),
+        },
         deadline: Deadline::new(),
-        waiters: HashMap::new(),
-        values: HashMap::new(),
         replies,
-        finishing: None,
-        close_at: None,
-        stopped: None,
-        hang_ups: Vec::new(),
-        pending: Vec::new(),
-        recorder,
     };
     let task = smol::spawn(driver.run(inbox, reply_inbox));
     Ok(ClientHandle {
@@ -293,26 +286,53 @@ type Connecting = Pin<Box<dyn Future<Output = io::Result<Async<TcpStream>>> + Se
 type Securing = Pin<Box<dyn Future<Output = Result<Transport, String>> + Send>>;
 
 struct Driver<H: Handler> {
-    core: client::Client,
-    clock: Clock,
-    handler: H,
+    session: LateSession<H>,
+    io: SmolIo,
+    deadline: Deadline,
+    replies: Sender<(u64, H::Reply)>,
+}
+
+/// The driver's sockets: the attempt's TCP connect and TLS handshake in progress, the
+/// connection, what waits to be written, connections closing in the background.
+struct SmolIo {
     stream: Option<Transport>,
     connecting: Option<Connecting>,
     securing: Option<Securing>,
     outgoing: Outgoing,
-    deadline: Deadline,
-    waiters: HashMap<u64, Sender<Result<H::Reply, CallError>>>,
-    values: HashMap<u64, H::Reply>,
-    replies: Sender<(u64, H::Reply)>,
-    /// Finishing: close this long after the queue drains.
-    finishing: Option<u64>,
-    /// When to close, once drained while finishing.
-    close_at: Option<u64>,
-    stopped: Option<StopReason>,
     hang_ups: Vec<smol::Task<()>>,
-    /// Events the handler's answers produced, given to the machine after the current ones.
-    pending: Vec<Event>,
-    recorder: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl LateTransport for SmolIo {
+    fn carry(&mut self, io: Io, now_ms: u64, events: &mut Vec<Event>) {
+        match io {
+            Io::Connect { host, port } => {
+                self.connecting = Some(Box::pin(async move { connect_tcp(&host, port).await }));
+            }
+            Io::StartTls { host } => match self.stream.take() {
+                Some(Transport::Plain(tcp)) => {
+                    self.securing = Some(Box::pin(start_tls(tcp, host)));
+                }
+                other => {
+                    self.stream = other;
+                    let reason = "no plain connection to start TLS on".to_string();
+                    events.push(Event::TlsFailed { now_ms, reason });
+                }
+            },
+            Io::Transmit(t) => self.outgoing.push(t),
+            Io::Disconnect => {
+                self.connecting = None;
+                self.securing = None;
+                if let Some(mut stream) = self.stream.take() {
+                    let mut outgoing = std::mem::take(&mut self.outgoing);
+                    self.hang_ups.retain(|t| !t.is_finished());
+                    self.hang_ups.push(smol::spawn(async move {
+                        hang_up(&mut stream, &mut outgoing, Duration::from_millis(500)).await;
+                    }));
+                }
+                self.outgoing.clear();
+            }
+        }
+    }
 }
 
 enum Wake<H: Handler> {
@@ -333,36 +353,32 @@ impl<H: Handler> Driver<H> {
     ) -> StopReason {
         let mut inbox = std::pin::pin!(inbox);
         let mut reply_inbox = std::pin::pin!(reply_inbox);
-        let next = self.handler.init();
-        self.apply(next, false);
-        self.step(Event::Start { now_ms: 0 });
-        while self.stopped.is_none() {
-            let next = match (self.core.next_deadline(), self.close_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            self.deadline.arm(next, &self.clock);
+        self.session.start(&mut self.io);
+        while self.session.stopped().is_none() {
+            let next = self.session.next_deadline();
+            self.deadline.arm(next, self.session.clock());
             // Backpressure only while connected: disconnected, the queue's own bound drops.
-            let take_commands = !(self.core.is_open() && self.core.is_full());
+            let take_commands = self.session.takes_sends();
+            let (deadline, io) = (&mut self.deadline, &mut self.io);
             let wake = future::poll_fn(|cx| {
-                if self.deadline.poll_fired(cx).is_ready() {
+                if deadline.poll_fired(cx).is_ready() {
                     return Poll::Ready(Wake::Tick);
                 }
-                if let Some(f) = self.connecting.as_mut()
+                if let Some(f) = io.connecting.as_mut()
                     && let Poll::Ready(r) = f.as_mut().poll(cx)
                 {
-                    self.connecting = None;
+                    io.connecting = None;
                     return Poll::Ready(Wake::Connected(r));
                 }
-                if let Some(f) = self.securing.as_mut()
+                if let Some(f) = io.securing.as_mut()
                     && let Poll::Ready(r) = f.as_mut().poll(cx)
                 {
-                    self.securing = None;
+                    io.securing = None;
                     return Poll::Ready(Wake::Secured(r));
                 }
-                if let Some(stream) = self.stream.as_mut() {
-                    if !self.outgoing.is_empty()
-                        && let Poll::Ready(Err(_)) = poll_write(&mut self.outgoing, stream, cx)
+                if let Some(stream) = io.stream.as_mut() {
+                    if !io.outgoing.is_empty()
+                        && let Poll::Ready(Err(_)) = poll_write(&mut io.outgoing, stream, cx)
                     {
                         return Poll::Ready(Wake::WriteFailed);
                     }
@@ -380,219 +396,75 @@ impl<H: Handler> Driver<H> {
                 Poll::Pending
             })
             .await;
-            let now_ms = self.clock.now_ms();
+            let (session, io) = (&mut self.session, &mut self.io);
+            let now_ms = session.now_ms();
             match wake {
-                Wake::Tick if self.close_at.is_some_and(|t| now_ms >= t) => {
-                    self.close_at = None;
-                    self.step(Event::Close {
-                        now_ms,
-                        code: 1000,
-                        reason: String::new(),
-                    });
-                }
-                Wake::Tick => self.step(Event::Tick { now_ms }),
+                Wake::Tick => session.on_timer(io),
                 Wake::Connected(Ok(tcp)) => {
                     let _ = tcp.get_ref().set_nodelay(true);
-                    self.stream = Some(Transport::Plain(tcp));
-                    self.step(Event::Connected {
+                    io.stream = Some(Transport::Plain(tcp));
+                    let event = Event::Connected {
                         now_ms,
                         key: random_bytes(),
                         mask_seed: u64::from_le_bytes(random_bytes()),
-                    });
+                    };
+                    session.step(event, io);
                 }
-                Wake::Connected(Err(e)) => self.step(Event::ConnectFailed {
-                    now_ms,
-                    reason: e.to_string(),
-                }),
+                Wake::Connected(Err(e)) => {
+                    let reason = e.to_string();
+                    session.step(Event::ConnectFailed { now_ms, reason }, io);
+                }
                 Wake::Secured(Ok(tls)) => {
-                    self.stream = Some(tls);
-                    self.step(Event::Secured { now_ms });
+                    io.stream = Some(tls);
+                    session.step(Event::Secured { now_ms }, io);
                 }
-                Wake::Secured(Err(reason)) => self.step(Event::TlsFailed { now_ms, reason }),
-                Wake::WriteFailed => self.transport_gone(now_ms),
+                Wake::Secured(Err(reason)) => session.step(Event::TlsFailed { now_ms, reason }, io),
                 Wake::Read(Ok(bytes)) if !bytes.is_empty() => {
-                    self.step(Event::Receive { now_ms, bytes });
+                    session.step(Event::Receive { now_ms, bytes }, io);
                 }
-                Wake::Read(_) => self.transport_gone(now_ms),
-                Wake::Reply(id, value) => {
-                    self.values.insert(id, value);
-                    self.step(Event::Reply { now_ms, id });
-                    // Not waited for (timed out): forget it.
-                    self.values.remove(&id);
+                Wake::WriteFailed | Wake::Read(_) => {
+                    io.stream = None;
+                    io.outgoing.clear();
+                    session.step(Event::TransportClosed { now_ms }, io);
                 }
-                Wake::Command(Some(command)) => self.command(command, now_ms),
+                Wake::Reply(id, value) => session.reply(id, value, io),
+                Wake::Command(Some(command)) => self.command(command),
                 // Every handle is gone: nobody can send, call or wait any more.
-                Wake::Command(None) => self.step(Event::Close {
-                    now_ms,
-                    code: 1000,
-                    reason: String::new(),
-                }),
+                Wake::Command(None) => session.close(io),
             }
         }
         // Let the last close frames go out before the caller exits.
-        for hang_up in self.hang_ups.drain(..) {
+        for hang_up in self.io.hang_ups.drain(..) {
             hang_up.await;
         }
-        self.stopped.unwrap_or(StopReason::Closed)
+        self.session.stopped().unwrap_or(StopReason::Closed)
     }
 
-    fn transport_gone(&mut self, now_ms: u64) {
-        self.stream = None;
-        self.outgoing.clear();
-        self.step(Event::TransportClosed { now_ms });
-    }
-
-    fn command(&mut self, command: Command<H>, now_ms: u64) {
+    fn command(&mut self, command: Command<H>) {
+        let (session, io) = (&mut self.session, &mut self.io);
         match command {
-            Command::Send(message) => self.step(Event::Send { now_ms, message }),
+            Command::Send(message) => session.send(message, io),
             Command::Call {
                 call,
                 id,
                 timeout_ms,
                 answer,
             } => {
-                self.waiters.insert(id, answer);
-                self.step(Event::Call {
-                    now_ms,
-                    id,
-                    timeout_ms,
+                let replies = self.replies.clone();
+                let answer = Box::new(move |result| {
+                    let _ = answer.try_send(result);
                 });
-                if self.waiters.contains_key(&id) {
-                    let replies = self.replies.clone();
-                    let from = From::new(id, move |id, value| {
-                        // The driver may be gone (stopped); then nobody waits.
-                        let _ = replies.try_send((id, value));
-                    });
-                    let next = self.handler.handle_call(call, from);
-                    self.apply(next, false);
-                    self.run_pending();
-                }
+                let deliver = move |id, value| {
+                    // The driver may be gone (stopped); then nobody waits.
+                    let _ = replies.try_send((id, value));
+                };
+                session.call(call, id, timeout_ms, answer, deliver, io);
             }
-            Command::Info(info) => {
-                let next = self.handler.handle_info(info);
-                self.apply(next, true);
-                self.run_pending();
-            }
-            Command::Close => self.step(Event::Close {
-                now_ms,
-                code: 1000,
-                reason: String::new(),
-            }),
-            Command::Finish { linger_ms } => {
-                self.finishing = Some(linger_ms);
-                if self.core.queued() == 0 {
-                    self.close_at = Some(now_ms.saturating_add(linger_ms));
-                }
-            }
+            Command::Info(info) => session.info(info, io),
+            Command::Close => session.close(io),
+            Command::Finish { linger_ms } => session.finish(linger_ms),
         }
     }
-
-    /// Turns a callback's answer into events for the machine.
-    fn apply(&mut self, next: Next, this_connection: bool) {
-        let now_ms = self.clock.now_ms();
-        next.into_events(this_connection, now_ms, &mut self.pending);
-    }
-
-    fn run_pending(&mut self) {
-        while !self.pending.is_empty() {
-            let events = std::mem::take(&mut self.pending);
-            for event in events {
-                self.step_one(event);
-            }
-        }
-    }
-
-    fn step(&mut self, event: Event) {
-        self.step_one(event);
-        self.run_pending();
-    }
-
-    fn step_one(&mut self, event: Event) {
-        tracing::trace!(?event, "client event");
-        if let Some(file) = self.recorder.as_mut()
-            && let Err(e) = write_line(file, &ClientLine::Event(event.clone()))
-        {
-            tracing::warn!("recording stopped: {e}");
-            self.recorder = None;
-        }
-        for outbound in self.core.handle(event) {
-            tracing::trace!(?outbound, "client outbound");
-            match outbound {
-                Outbound::Connect { host, port } => {
-                    self.connecting = Some(Box::pin(async move { connect_tcp(&host, port).await }));
-                }
-                Outbound::StartTls { host } => match self.stream.take() {
-                    Some(Transport::Plain(tcp)) => {
-                        self.securing = Some(Box::pin(start_tls(tcp, host)));
-                    }
-                    other => {
-                        self.stream = other;
-                        let now_ms = self.clock.now_ms();
-                        let reason = "no plain connection to start TLS on".to_string();
-                        self.pending.push(Event::TlsFailed { now_ms, reason });
-                    }
-                },
-                Outbound::Transmit(t) => self.outgoing.push(t),
-                Outbound::Disconnect => {
-                    self.connecting = None;
-                    self.securing = None;
-                    if let Some(mut stream) = self.stream.take() {
-                        let mut outgoing = std::mem::take(&mut self.outgoing);
-                        self.hang_ups.retain(|t| !t.is_finished());
-                        self.hang_ups.push(smol::spawn(async move {
-                            hang_up(&mut stream, &mut outgoing, Duration::from_millis(500)).await;
-                        }));
-                    }
-                    self.outgoing.clear();
-                }
-                Outbound::Opened { headers, .. } => {
-                    let next = self.handler.handle_connect(&headers);
-                    self.apply(next, true);
-                }
-                Outbound::Deliver(message) => {
-                    let next = self.handler.handle_in(message);
-                    self.apply(next, true);
-                }
-                Outbound::Failed(error) => {
-                    tracing::debug!("attempt failed: {error}");
-                    self.handler.handle_failure(&error);
-                }
-                Outbound::Disconnected { code, reason } => {
-                    let next = self.handler.handle_disconnect(code, &reason);
-                    self.apply(next, false);
-                }
-                Outbound::Retrying {
-                    attempt, delay_ms, ..
-                } => tracing::debug!("attempt {attempt} in {delay_ms} ms"),
-                Outbound::Dropped { dropped } => self.handler.handle_dropped(dropped),
-                Outbound::Drained => {
-                    if let (Some(linger_ms), None) = (self.finishing, self.close_at) {
-                        self.close_at = Some(self.clock.now_ms().saturating_add(linger_ms));
-                    }
-                }
-                Outbound::Reply { id } => {
-                    if let (Some(answer), Some(value)) =
-                        (self.waiters.remove(&id), self.values.remove(&id))
-                    {
-                        let _ = answer.try_send(Ok(value));
-                    }
-                }
-                Outbound::CallFailed { id, error } => {
-                    if let Some(answer) = self.waiters.remove(&id) {
-                        let _ = answer.try_send(Err(error));
-                    }
-                }
-                Outbound::Stopped { reason } => self.stopped = Some(reason),
-            }
-        }
-    }
-}
-
-fn write_line(file: &mut std::io::BufWriter<std::fs::File>, line: &ClientLine) -> io::Result<()> {
-    use std::io::Write as _;
-    serde_json::to_writer(&mut *file, line)?;
-    file.write_all(b"\n")?;
-    file.flush()
 }
 
 async fn start_tls(tcp: Async<TcpStream>, host: String) -> Result<Transport, String> {

@@ -3,7 +3,7 @@
 //! implementations ([`CoreTransport`] on spool's own WebSocket machine, `TungsteniteTransport`
 //! on async-tungstenite behind the `tungstenite` feature, [`MockTransport`] for scripted
 //! tests); and [`run`], a reconnecting driver over any of them that calls the same Late-shaped
-//! [`Handler`](crate::reconnecting::Handler).
+//! [`Handler`].
 //!
 //! [`reconnecting::connect`](crate::reconnecting::connect) is the full client: it runs the
 //! core's session machine, which also speaks the `CONNECT` proxy, confirms delivery with pongs
@@ -216,8 +216,8 @@ fn enqueue<H: Handler>(
 /// Queues a callback's frames; whether it asked to stop.
 fn apply(next: Next, pending: &mut VecDeque<Message>) -> bool {
     match next {
-        Next::Ok | Next::Ready => false,
-        Next::Reply(frames) => {
+        Next::Ok | Next::Ready | Next::Confirmed(_) => false,
+        Next::Reply(frames) | Next::Rewind(frames) => {
             pending.extend(frames);
             false
         }

@@ -21,6 +21,13 @@ pub enum Next {
     Ready,
     /// Close the connection with 1000 and stop reconnecting.
     Stop,
+    /// With [`client::Config::confirm_by_reply`]: the server answered this many of the oldest
+    /// messages sent and not yet confirmed (a spool addition).
+    Confirmed(u32),
+    /// What was sent on this connection and not confirmed was lost (a channel crashed): send
+    /// it again, first, after the next [`Next::Ready`] with `hold_until_ready`; and send these
+    /// frames on this connection now (a rejoin). A spool addition.
+    Rewind(Vec<Message>),
 }
 
 impl Next {
@@ -41,6 +48,12 @@ impl Next {
                 }));
             }
             Next::Ready => events.push(client::Event::Ready { now_ms }),
+            Next::Confirmed(count) => events.push(client::Event::Confirmed { now_ms, count }),
+            Next::Rewind(frames) => {
+                events.push(client::Event::Rewind { now_ms });
+                let send_now = |message| client::Event::SendNow { now_ms, message };
+                events.extend(frames.into_iter().map(send_now));
+            }
             Next::Stop => events.push(client::Event::Close {
                 now_ms,
                 code: 1000,

@@ -19,6 +19,7 @@ pub mod cluster;
 mod event_loop;
 pub mod handler;
 pub mod late;
+pub mod late_session;
 pub mod live;
 pub mod outgoing;
 mod random;

@@ -1,25 +1,27 @@
 //! A reconnecting client on std threads, driven by spool-core's [`client::Client`] session
-//! machine and calling a Late-shaped [`Handler`](crate::late::Handler).
+//! machine and calling a Late-shaped [`Handler`].
 //!
 //! One driver thread owns the machine and the handler and waits on one channel, with a timeout
 //! at the machine's next deadline; a short-lived thread per attempt opens the TCP connection,
-//! and a reader thread per connection turns reads into messages on that channel. Plain
-//! `ws://` (through a proxy too); a `wss://` URL fails each attempt with a TLS error (use
-//! spool-smol's driver for TLS).
+//! and a reader thread per connection turns reads into messages on that channel. `ws://` and
+//! `wss://`, through a proxy too: TLS (rustls) runs on the driver thread as a byte-in,
+//! byte-out machine of its own, fed by the reader thread's raw reads, so that the socket is
+//! never shared behind a lock. [`connect`] trusts the Mozilla roots; [`connect_with_tls`]
+//! takes a rustls configuration of your own (a test CA, a company root).
 
-use std::collections::HashMap;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs as _};
+use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::Duration;
 
 use bytes::Bytes;
-use spool_core::client::{self, CallError, Event, Outbound, StopReason};
+use spool_core::client::{self, CallError, Event, StopReason};
 use spool_core::ws::{ConfigError, Message};
 
-use crate::clock::Clock;
-use crate::late::{From, Handler, Next};
+use crate::late::Handler;
+use crate::late_session::{Io, LateSession, Transport};
 
 enum Input<H: Handler> {
     Send(Message),
@@ -100,8 +102,29 @@ impl<H: Handler> ClientHandle<H> {
 /// # Errors
 /// [`ConfigError`] when the configuration makes no sense.
 pub fn connect<H: Handler>(
+    config: client::Config,
+    handler: H,
+) -> Result<ClientHandle<H>, ConfigError> {
+    connect_inner(config, handler, None)
+}
+
+/// [`connect`], with `tls` for `wss://` URLs instead of a configuration trusting the Mozilla
+/// roots (`spool_std::tls::client_config(Some(ca))` makes one that also trusts a CA file).
+///
+/// # Errors
+/// [`ConfigError`] when the configuration makes no sense.
+pub fn connect_with_tls<H: Handler>(
+    config: client::Config,
+    handler: H,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<ClientHandle<H>, ConfigError> {
+    connect_inner(config, handler, Some(tls))
+}
+
+fn connect_inner<H: Handler>(
     mut config: client::Config,
     handler: H,
+    tls_config: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<ClientHandle<H>, ConfigError> {
     if config.jitter_seed == 0 {
         let mut seed = [0u8; 8];
@@ -112,19 +135,15 @@ pub fn connect<H: Handler>(
     let core = client::Client::new(config)?;
     let (inputs, rx) = mpsc::channel();
     let driver = Driver {
-        core,
-        clock: Clock::new(),
-        handler,
-        inputs: inputs.clone(),
-        stream: None,
-        attempt: 0,
-        connect_timeout,
-        waiters: HashMap::new(),
-        values: HashMap::new(),
-        finishing: None,
-        close_at: None,
-        stopped: None,
-        pending: Vec::new(),
+        session: LateSession::new(core, handler, None),
+        io: StdIo {
+            inputs: inputs.clone(),
+            stream: None,
+            tls: None,
+            tls_config,
+            attempt: 0,
+            connect_timeout,
+        },
     };
     let thread = thread::Builder::new()
         .name("spool-client".into())
@@ -141,134 +160,154 @@ pub fn connect<H: Handler>(
 }
 
 struct Driver<H: Handler> {
-    core: client::Client,
-    clock: Clock,
-    handler: H,
-    inputs: Sender<Input<H>>,
-    stream: Option<TcpStream>,
-    /// Counts attempts, so that a late message from an abandoned one is ignored.
-    attempt: u64,
-    connect_timeout: Duration,
-    waiters: HashMap<u64, mpsc::SyncSender<Result<H::Reply, CallError>>>,
-    values: HashMap<u64, H::Reply>,
-    finishing: Option<u64>,
-    close_at: Option<u64>,
-    stopped: Option<StopReason>,
-    pending: Vec<Event>,
+    session: LateSession<H>,
+    io: StdIo<H>,
 }
 
 impl<H: Handler> Driver<H> {
     fn run(mut self, rx: Receiver<Input<H>>) -> StopReason {
-        let next = self.handler.init();
-        self.apply(next, false);
-        self.step(Event::Start { now_ms: 0 });
-        while self.stopped.is_none() {
-            let next = match (self.core.next_deadline(), self.close_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let input = match next {
-                Some(at) => rx.recv_timeout(self.clock.until(at)),
+        self.session.start(&mut self.io);
+        while self.session.stopped().is_none() {
+            let input = match self.session.next_deadline() {
+                Some(at) => rx.recv_timeout(self.session.clock().until(at)),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
-            let now_ms = self.clock.now_ms();
             match input {
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.close_at.is_some_and(|t| now_ms >= t) {
-                        self.close_at = None;
-                        self.close(now_ms);
-                    } else {
-                        self.step(Event::Tick { now_ms });
-                    }
-                }
+                Err(RecvTimeoutError::Timeout) => self.session.on_timer(&mut self.io),
                 // Not reached while the driver holds a sender of its own.
-                Err(RecvTimeoutError::Disconnected) => self.close(now_ms),
-                Ok(input) => self.input(input, now_ms),
+                Err(RecvTimeoutError::Disconnected) => self.session.close(&mut self.io),
+                Ok(input) => self.input(input),
             }
         }
-        if let Some(stream) = self.stream.take() {
+        if let Some(stream) = self.io.stream.take() {
             let _ = stream.shutdown(Shutdown::Both);
         }
-        self.stopped.unwrap_or(StopReason::Closed)
+        self.session.stopped().unwrap_or(StopReason::Closed)
     }
 
-    fn close(&mut self, now_ms: u64) {
-        self.step(Event::Close {
-            now_ms,
-            code: 1000,
-            reason: String::new(),
-        });
-    }
-
-    fn input(&mut self, input: Input<H>, now_ms: u64) {
+    fn input(&mut self, input: Input<H>) {
+        let (session, io) = (&mut self.session, &mut self.io);
+        let now_ms = session.now_ms();
         match input {
-            Input::Send(message) => self.step(Event::Send { now_ms, message }),
+            Input::Send(message) => session.send(message, io),
             Input::Call {
                 call,
                 id,
                 timeout_ms,
                 answer,
             } => {
-                self.waiters.insert(id, answer);
-                self.step(Event::Call {
-                    now_ms,
-                    id,
-                    timeout_ms: Some(timeout_ms),
+                let inputs = io.inputs.clone();
+                let answer = Box::new(move |result| {
+                    let _ = answer.try_send(result);
                 });
-                if self.waiters.contains_key(&id) {
-                    let inputs = self.inputs.clone();
-                    let from = From::new(id, move |id, value| {
-                        let _ = inputs.send(Input::Reply(id, value));
-                    });
-                    let next = self.handler.handle_call(call, from);
-                    self.apply(next, false);
-                    self.run_pending();
+                let deliver = move |id, value| {
+                    let _ = inputs.send(Input::Reply(id, value));
+                };
+                session.call(call, id, Some(timeout_ms), answer, deliver, io);
+            }
+            Input::Info(info) => session.info(info, io),
+            Input::Close => session.close(io),
+            Input::Finish(linger_ms) => session.finish(linger_ms),
+            Input::Reply(id, value) => session.reply(id, value, io),
+            Input::Connected(attempt, result) if attempt == io.attempt => {
+                let event = match result {
+                    Ok(stream) => io.connected(stream, now_ms),
+                    Err(e) => Event::ConnectFailed {
+                        now_ms,
+                        reason: e.to_string(),
+                    },
+                };
+                session.step(event, io);
+            }
+            Input::Bytes(attempt, bytes) if attempt == io.attempt => {
+                if io.tls.is_some() {
+                    for event in io.tls_received(&bytes, now_ms) {
+                        session.step(event, io);
+                    }
+                } else {
+                    session.step(Event::Receive { now_ms, bytes }, io);
                 }
             }
-            Input::Info(info) => {
-                let next = self.handler.handle_info(info);
-                self.apply(next, true);
-                self.run_pending();
-            }
-            Input::Close => self.close(now_ms),
-            Input::Finish(linger_ms) => {
-                self.finishing = Some(linger_ms);
-                if self.core.queued() == 0 {
-                    self.close_at = Some(now_ms.saturating_add(linger_ms));
-                }
-            }
-            Input::Reply(id, value) => {
-                self.values.insert(id, value);
-                self.step(Event::Reply { now_ms, id });
-                self.values.remove(&id);
-            }
-            Input::Connected(attempt, result) if attempt == self.attempt => match result {
-                Ok(stream) => self.connected(stream, now_ms),
-                Err(e) => self.step(Event::ConnectFailed {
-                    now_ms,
-                    reason: e.to_string(),
-                }),
-            },
-            Input::Bytes(attempt, bytes) if attempt == self.attempt => {
-                self.step(Event::Receive { now_ms, bytes });
-            }
-            Input::Closed(attempt) if attempt == self.attempt && self.stream.is_some() => {
-                self.stream = None;
-                self.step(Event::TransportClosed { now_ms });
+            Input::Closed(attempt) if attempt == io.attempt && io.stream.is_some() => {
+                io.stream = None;
+                io.tls = None;
+                session.step(Event::TransportClosed { now_ms }, io);
             }
             // From an attempt given up already.
             Input::Connected(..) | Input::Bytes(..) | Input::Closed(_) => {}
         }
     }
+}
 
-    fn connected(&mut self, stream: TcpStream, now_ms: u64) {
+/// The driver's sockets: one TCP connection at a time, TLS over it when asked, a reader thread
+/// per connection, a thread per attempt to open one.
+struct StdIo<H: Handler> {
+    inputs: Sender<Input<H>>,
+    stream: Option<TcpStream>,
+    /// TLS over `stream`, once the machine asked for it.
+    tls: Option<Tls>,
+    /// What `wss://` trusts; `None`: the Mozilla roots, made at the first TLS attempt.
+    tls_config: Option<Arc<rustls::ClientConfig>>,
+    /// Counts attempts, so that a late message from an abandoned one is ignored.
+    attempt: u64,
+    connect_timeout: Duration,
+}
+
+impl<H: Handler> Transport for StdIo<H> {
+    fn carry(&mut self, io: Io, now_ms: u64, events: &mut Vec<Event>) {
+        match io {
+            Io::Connect { host, port } => {
+                self.attempt += 1;
+                let (attempt, inputs) = (self.attempt, self.inputs.clone());
+                let timeout = self.connect_timeout;
+                thread::spawn(move || {
+                    let result = open(&host, port, timeout);
+                    let _ = inputs.send(Input::Connected(attempt, result));
+                });
+            }
+            Io::StartTls { host } => {
+                if let Err(reason) = self.start_tls(&host) {
+                    tracing::debug!("TLS failed: {reason}");
+                    events.push(Event::TlsFailed { now_ms, reason });
+                }
+            }
+            Io::Transmit(t) => {
+                let [head, body] = t.slices();
+                let written = self.write(head).and_then(|()| self.write(body));
+                if written.is_err() && self.stream.take().is_some() {
+                    tracing::debug!("write failed: the connection is gone");
+                    self.tls = None;
+                    events.push(Event::TransportClosed { now_ms });
+                }
+            }
+            Io::Disconnect => {
+                self.attempt += 1; // whatever the old connection still says is stale
+                if let Some(mut tls) = self.tls.take() {
+                    // A polite close_notify; the shutdown below ends it either way.
+                    tls.conn.send_close_notify();
+                    if let Some(stream) = self.stream.as_mut() {
+                        let _ = tls.flush(stream);
+                    }
+                }
+                if let Some(stream) = self.stream.take() {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+        }
+    }
+}
+
+impl<H: Handler> StdIo<H> {
+    /// The TCP connection is up: a reader thread for it, and the machine's event (with a
+    /// fresh key and mask seed) or why it cannot be used.
+    fn connected(&mut self, stream: TcpStream, now_ms: u64) -> Event {
         let _ = stream.set_nodelay(true);
         // A peer that stops reading cannot hold a write for longer than an attempt may take;
         // the failed write ends the connection like any other.
         let _ = stream.set_write_timeout(Some(self.connect_timeout));
         let Ok(mut reader) = stream.try_clone() else {
             let reason = "cannot share the socket with a reader thread".to_string();
-            return self.step(Event::ConnectFailed { now_ms, reason });
+            return Event::ConnectFailed { now_ms, reason };
         };
         let (attempt, inputs) = (self.attempt, self.inputs.clone());
         thread::spawn(move || {
@@ -291,101 +330,125 @@ impl<H: Handler> Driver<H> {
         crate::random::fill(&mut key);
         let mut seed = [0u8; 8];
         crate::random::fill(&mut seed);
-        self.step(Event::Connected {
+        Event::Connected {
             now_ms,
             key,
             mask_seed: u64::from_le_bytes(seed),
-        });
+        }
     }
 
-    fn apply(&mut self, next: Next, this_connection: bool) {
-        let now_ms = self.clock.now_ms();
-        next.into_events(this_connection, now_ms, &mut self.pending);
+    /// Writes `bytes` to the connection, through TLS when it has some.
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        match self.tls.as_mut() {
+            Some(tls) => {
+                tls.conn.writer().write_all(bytes)?;
+                tls.flush(stream)
+            }
+            None => stream.write_all(bytes),
+        }
     }
 
-    fn run_pending(&mut self) {
-        while !self.pending.is_empty() {
-            for event in std::mem::take(&mut self.pending) {
-                self.step_one(event);
+    /// Begins TLS for `host` over the open connection: the ClientHello goes out now, the
+    /// answer comes through the reader thread into [`StdIo::tls_received`].
+    fn start_tls(&mut self, host: &str) -> Result<(), String> {
+        let config = match &self.tls_config {
+            Some(config) => config.clone(),
+            None => {
+                let config = crate::tls::client_config(None)?;
+                self.tls_config = Some(config.clone());
+                config
+            }
+        };
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let conn = rustls::ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+        let stream = self
+            .stream
+            .as_mut()
+            .ok_or("no connection to start TLS on")?;
+        let mut tls = Tls {
+            conn,
+            secured: false,
+        };
+        tls.flush(stream).map_err(|e| format!("{host}: {e}"))?;
+        self.tls = Some(tls);
+        Ok(())
+    }
+
+    /// Bytes read from a TLS connection: decrypt, send what TLS wants sent; the machine's
+    /// events, in order (the handshake done, the plaintext; or the failure).
+    fn tls_received(&mut self, mut bytes: &[u8], now_ms: u64) -> Vec<Event> {
+        let (Some(tls), Some(stream)) = (self.tls.as_mut(), self.stream.as_mut()) else {
+            return Vec::new();
+        };
+        let mut plain = Vec::new();
+        let mut failure = None;
+        while !bytes.is_empty() && failure.is_none() {
+            match tls.conn.read_tls(&mut bytes) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => failure = Some(e.to_string()),
+            }
+            if let Err(e) = tls.conn.process_new_packets() {
+                failure = Some(e.to_string());
+            }
+            // Drain the plaintext after every record batch, so rustls's buffer never fills.
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match tls.conn.reader().read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => plain.extend_from_slice(&buf[..n]),
+                }
             }
         }
-    }
-
-    fn step(&mut self, event: Event) {
-        self.step_one(event);
-        self.run_pending();
-    }
-
-    fn step_one(&mut self, event: Event) {
-        let mut write_failed = false;
-        for outbound in self.core.handle(event) {
-            match outbound {
-                Outbound::Connect { host, port } => {
-                    self.attempt += 1;
-                    let (attempt, inputs) = (self.attempt, self.inputs.clone());
-                    let timeout = self.connect_timeout;
-                    thread::spawn(move || {
-                        let result = open(&host, port, timeout);
-                        let _ = inputs.send(Input::Connected(attempt, result));
-                    });
-                }
-                Outbound::StartTls { .. } => {
-                    let now_ms = self.clock.now_ms();
-                    let reason = "spool-std's reconnecting client speaks ws:// only".to_string();
-                    self.pending.push(Event::TlsFailed { now_ms, reason });
-                }
-                Outbound::Transmit(t) => {
-                    if let Some(stream) = self.stream.as_mut() {
-                        let [head, body] = t.slices();
-                        let written = stream.write_all(head).and_then(|()| stream.write_all(body));
-                        write_failed |= written.is_err();
-                    }
-                }
-                Outbound::Disconnect => {
-                    self.attempt += 1; // whatever the old connection still says is stale
-                    if let Some(stream) = self.stream.take() {
-                        let _ = stream.shutdown(Shutdown::Both);
-                    }
-                }
-                Outbound::Opened { headers, .. } => {
-                    let next = self.handler.handle_connect(&headers);
-                    self.apply(next, true);
-                }
-                Outbound::Deliver(message) => {
-                    let next = self.handler.handle_in(message);
-                    self.apply(next, true);
-                }
-                Outbound::Failed(error) => self.handler.handle_failure(&error),
-                Outbound::Disconnected { code, reason } => {
-                    let next = self.handler.handle_disconnect(code, &reason);
-                    self.apply(next, false);
-                }
-                Outbound::Retrying { .. } => {}
-                Outbound::Dropped { dropped } => self.handler.handle_dropped(dropped),
-                Outbound::Drained => {
-                    if let (Some(linger_ms), None) = (self.finishing, self.close_at) {
-                        self.close_at = Some(self.clock.now_ms().saturating_add(linger_ms));
-                    }
-                }
-                Outbound::Reply { id } => {
-                    if let (Some(answer), Some(value)) =
-                        (self.waiters.remove(&id), self.values.remove(&id))
-                    {
-                        let _ = answer.try_send(Ok(value));
-                    }
-                }
-                Outbound::CallFailed { id, error } => {
-                    if let Some(answer) = self.waiters.remove(&id) {
-                        let _ = answer.try_send(Err(error));
-                    }
-                }
-                Outbound::Stopped { reason } => self.stopped = Some(reason),
+        let flushed = tls.flush(stream);
+        let just_secured = !tls.secured && !tls.conn.is_handshaking();
+        if just_secured && failure.is_none() {
+            tls.secured = true;
+        }
+        let was_secured = tls.secured;
+        if let Some(reason) = failure.or_else(|| flushed.err().map(|e| e.to_string())) {
+            tracing::debug!("TLS failed: {reason}");
+            self.tls = None;
+            if let Some(stream) = self.stream.take() {
+                let _ = stream.shutdown(Shutdown::Both);
             }
+            self.attempt += 1;
+            return vec![match was_secured {
+                true => Event::TransportClosed { now_ms },
+                false => Event::TlsFailed { now_ms, reason },
+            }];
         }
-        if write_failed && self.stream.take().is_some() {
-            let now_ms = self.clock.now_ms();
-            self.pending.push(Event::TransportClosed { now_ms });
+        let mut events = Vec::new();
+        if just_secured {
+            events.push(Event::Secured { now_ms });
         }
+        if !plain.is_empty() {
+            let bytes = Bytes::from(plain);
+            events.push(Event::Receive { now_ms, bytes });
+        }
+        events
+    }
+}
+
+/// A rustls client connection over the driver's socket: records in through
+/// [`StdIo::tls_received`], out through [`Tls::flush`].
+struct Tls {
+    conn: rustls::ClientConnection,
+    /// The handshake is done and the machine was told.
+    secured: bool,
+}
+
+impl Tls {
+    /// Writes every TLS record waiting to go out.
+    fn flush(&mut self, stream: &mut TcpStream) -> io::Result<()> {
+        while self.conn.wants_write() {
+            self.conn.write_tls(stream)?;
+        }
+        Ok(())
     }
 }
 

@@ -152,3 +152,112 @@ fn an_address_in_use_is_named() {
         "{stderr}"
     );
 }
+
+/// Notes what spool-std's reconnecting client hears: texts and failed attempts.
+struct StdNotes(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl spool_std::late::Handler for StdNotes {
+    type Call = ();
+    type Reply = ();
+    type Info = ();
+
+    fn handle_in(&mut self, frame: Message) -> spool_std::late::Next {
+        if let Some(text) = frame.as_text() {
+            self.0.lock().unwrap().push(format!("text {text}"));
+        }
+        spool_std::late::Next::Ok
+    }
+
+    fn handle_failure(&mut self, error: &spool_core::client::Error) {
+        self.0.lock().unwrap().push(format!("failed {error}"));
+    }
+}
+
+#[track_caller]
+fn wait_for_note(notes: &std::sync::Mutex<Vec<String>>, what: &str) {
+    let start = std::time::Instant::now();
+    while !notes.lock().unwrap().iter().any(|n| n.contains(what)) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "no {what:?} in {:?}",
+            notes.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// spool-std's reconnecting driver over wss://: TLS trusting a test CA, echoes through it, a
+/// reconnect after the server restarts (TLS again), and a client that does not trust the
+/// certificate failing each attempt with a TLS error rather than hanging.
+#[test]
+fn the_std_reconnecting_client_speaks_wss_and_reconnects_over_tls() {
+    use spool_core::client::{self, Backoff};
+    use spool_core::ws::Url;
+    let dir = temp_dir("std-wss");
+    let (cert, key) = self_signed(&dir);
+    let args = |port: &str| {
+        [
+            "echo",
+            "--port",
+            port,
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ]
+        .map(str::to_string)
+    };
+    let start = |port: &str| {
+        let args = args(port);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Spool::start(&args)
+    };
+    let mut echo = start("0");
+    let port = echo.addr.port();
+    let url = Url::parse(&format!("wss://localhost:{port}/")).unwrap();
+    let mut config = client::Config::new(url);
+    config.backoff = Backoff {
+        initial_ms: 50,
+        max_ms: 200,
+        ..Backoff::default()
+    };
+    let notes = std::sync::Arc::default();
+    let tls = spool_std::tls::client_config(Some(&cert)).unwrap();
+    let handle = spool_std::reconnecting::connect_with_tls(
+        config.clone(),
+        StdNotes(std::sync::Arc::clone(&notes)),
+        tls,
+    )
+    .unwrap();
+    handle.send(Message::text("one"));
+    wait_for_note(&notes, "text one");
+
+    // The server goes away and comes back on the same port: the client reconnects, over TLS
+    // again, and what was sent meanwhile arrives.
+    drop(echo.stderr());
+    drop(echo);
+    handle.send(Message::text("two"));
+    echo = start(&port.to_string());
+    wait_for_note(&notes, "text two");
+
+    // Trusting only the Mozilla roots, the throwaway certificate is refused: a TLS failure
+    // each attempt, retried on the backoff.
+    let strangers = std::sync::Arc::default();
+    let stranger =
+        spool_std::reconnecting::connect(config, StdNotes(std::sync::Arc::clone(&strangers)))
+            .unwrap();
+    stranger.send(Message::text("never"));
+    wait_for_note(&strangers, "failed");
+    let failures = strangers.lock().unwrap().clone();
+    assert!(
+        failures
+            .iter()
+            .all(|n| n.starts_with("failed") && n.contains("certificate")),
+        "{failures:?}"
+    );
+    stranger.close();
+    assert_eq!(stranger.wait(), client::StopReason::Closed);
+    handle.close();
+    assert_eq!(handle.wait(), client::StopReason::Closed);
+    drop(echo);
+}

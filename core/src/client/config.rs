@@ -48,6 +48,13 @@ pub struct Config {
     /// what was in flight when a connection died is lost.
     #[serde(default = "default_true")]
     pub resend_unconfirmed: bool,
+    /// Sent messages are confirmed by the application's protocol
+    /// ([`Event::Confirmed`](super::Event::Confirmed): the server answered them, in order)
+    /// rather than by pongs, and no confirming pings are sent. For protocols whose server
+    /// answers every message (Phoenix pushes with replies): a pong proves a frame was read, a
+    /// reply that it was handled. Default false.
+    #[serde(default)]
+    pub confirm_by_reply: bool,
     /// After the handshake, keep the queue until [`Event::Ready`](super::Event::Ready): for
     /// protocols where a connection must do something first (join a channel). Default false.
     #[serde(default)]
@@ -106,6 +113,7 @@ impl Config {
             queue_max: default_queue_max(),
             queue_max_len: default_queue_max_len(),
             resend_unconfirmed: true,
+            confirm_by_reply: false,
             hold_until_ready: false,
             call_timeout_ms: default_call_timeout_ms(),
             max_calls: default_max_calls(),

@@ -82,6 +82,22 @@ pub enum Event {
         /// The shell's clock.
         now_ms: u64,
     },
+    /// The server answered the oldest `count` messages sent and not yet confirmed (with
+    /// `confirm_by_reply`; its replies come in the order of the messages): they leave the
+    /// queue. More than were sent confirms those sent. Ignored without `confirm_by_reply`.
+    Confirmed {
+        /// The shell's clock.
+        now_ms: u64,
+        /// How many.
+        count: u32,
+    },
+    /// The messages sent on this connection and not yet confirmed were lost on the way (a
+    /// Phoenix channel crashed, say): they wait to be sent again, first, and with
+    /// `hold_until_ready` the queue waits for the next [`Event::Ready`].
+    Rewind {
+        /// The shell's clock.
+        now_ms: u64,
+    },
     /// A caller waits for a reply under `id` (chosen by the shell, unique among waiting calls).
     Call {
         /// The shell's clock.
@@ -130,6 +146,8 @@ impl Event {
             | Event::Send { now_ms, .. }
             | Event::SendNow { now_ms, .. }
             | Event::Ready { now_ms }
+            | Event::Confirmed { now_ms, .. }
+            | Event::Rewind { now_ms }
             | Event::Call { now_ms, .. }
             | Event::Reply { now_ms, .. }
             | Event::Close { now_ms, .. }

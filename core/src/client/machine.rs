@@ -182,6 +182,19 @@ impl Client {
                 }
             }
             Event::Ready { .. } => self.ready = true,
+            Event::Confirmed { count, .. } if self.config.confirm_by_reply => {
+                let count = usize::try_from(count).unwrap_or(usize::MAX);
+                self.queue.confirm(count);
+            }
+            // Pongs confirm: a confirming ping covers a count of messages, which confirming
+            // some by other means would throw off.
+            Event::Confirmed { .. } => {}
+            Event::Rewind { .. } => {
+                if self.state == State::Open {
+                    self.queue.rewind();
+                    self.ready = !self.config.hold_until_ready;
+                }
+            }
             Event::Call { id, timeout_ms, .. } => self.on_call(id, timeout_ms, &mut out),
             Event::Reply { id, .. } => {
                 if self.calls.remove(id) {
@@ -418,7 +431,8 @@ impl Client {
                 return;
             }
         }
-        if self.queue.unconfirmed() > 0 && self.queue.confirming.is_none() {
+        let by_pong = !self.config.confirm_by_reply;
+        if by_pong && self.queue.unconfirmed() > 0 && self.queue.confirming.is_none() {
             let seq = self.queue.next_ping;
             self.queue.next_ping += 1;
             self.queue.confirming = Some((seq, self.queue.unconfirmed()));

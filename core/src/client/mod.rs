@@ -18,7 +18,12 @@
 //!   (TCP delivers in order and a peer reads its frames in order, so the pong proves every
 //!   earlier frame was read); on a lost connection the unconfirmed ones are sent again, first.
 //!   Nothing is lost or reordered; a message whose pong was lost with the connection may arrive
-//!   twice;
+//!   twice (at-least-once; `resend_unconfirmed: false` makes it at-most-once). Exactly-once
+//!   needs the receiver's help: an idempotency key in each message and a receiver that drops
+//!   repeats (`spool client --phoenix` and `spool serve`'s demo channel do this). With
+//!   `confirm_by_reply` the application confirms messages by its protocol's replies
+//!   ([`Event::Confirmed`]) instead, and [`Event::Rewind`] sends again what a crashed channel
+//!   lost;
 //! - calls correlated with replies, each with a timeout ([`Event::Call`], [`Event::Reply`]);
 //! - a token-bucket rate limit on sends ([`RateLimit`]).
 //!

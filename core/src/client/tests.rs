@@ -505,6 +505,58 @@ fn hold_until_ready_sends_the_join_first_then_the_queue() {
 }
 
 #[test]
+fn replies_confirm_with_confirm_by_reply_and_a_rewind_sends_the_unanswered_again() {
+    let mut c = config("ws://example.com/socket/websocket");
+    c.hold_until_ready = true;
+    c.confirm_by_reply = true;
+    c.ws.ping_interval_ms = None; // only confirming pings could appear: there must be none
+    let mut s = Script::new(c);
+    s.at(0, |now_ms| Event::Start { now_ms });
+    s.open(1);
+    s.at(2, |now_ms| Event::Ready { now_ms });
+    let transmits = |out: &[Outbound]| {
+        out.iter()
+            .filter(|o| matches!(o, Outbound::Transmit(_)))
+            .count()
+    };
+    let mut sent = 0;
+    for m in ["a", "b", "c"] {
+        sent += transmits(&s.at(3, |now_ms| Event::Send {
+            now_ms,
+            message: text(m),
+        }));
+    }
+    assert_eq!((sent, s.client.queued()), (3, 3), "sent, no ping, all held");
+    s.at(4, |now_ms| Event::Confirmed { now_ms, count: 1 });
+    assert_eq!(s.client.queued(), 2, "a answered");
+    // The channel crashed: b and c wait for the rejoin, behind nothing, ahead of d.
+    s.at(5, |now_ms| Event::Rewind { now_ms });
+    let held = s.at(5, |now_ms| Event::Send {
+        now_ms,
+        message: text("d"),
+    });
+    assert_eq!(transmits(&held), 0, "held until ready");
+    let resent = s.at(6, |now_ms| Event::Ready { now_ms });
+    assert_eq!(transmits(&resent), 3, "b, c, d");
+    let out = s.at(7, |now_ms| Event::Confirmed { now_ms, count: 9 });
+    assert_eq!(out, [Outbound::Drained]);
+    insta::assert_snapshot!(s.log);
+}
+
+#[test]
+fn without_confirm_by_reply_a_confirmed_event_changes_nothing() {
+    let mut s = Script::new(config("ws://example.com/"));
+    s.at(0, |now_ms| Event::Start { now_ms });
+    s.open(1);
+    s.at(2, |now_ms| Event::Send {
+        now_ms,
+        message: text("a"),
+    });
+    s.at(3, |now_ms| Event::Confirmed { now_ms, count: 1 });
+    assert_eq!(s.client.queued(), 1, "only the pong confirms");
+}
+
+#[test]
 fn events_and_outbounds_round_trip_through_json() {
     let events = [
         Event::Connected {

@@ -1,5 +1,7 @@
-//! The client side of Phoenix channels that is pure logic: presence replicas synced by
-//! phoenix.js's rules, and phoenix.js's reconnect and rejoin schedules.
+//! The client side of Phoenix channels that is pure logic: the channels machine
+//! ([`Channels`]: refs, join_refs, joins and rejoins, pushes with replies and timeouts, leaves,
+//! heartbeats, idempotency keys), presence replicas synced by phoenix.js's rules, and
+//! phoenix.js's reconnect and rejoin schedules.
 //!
 //! [`Presence`] follows `phoenix/assets/js/phoenix/presence.js` (1.8): a `presence_state`
 //! replaces the replica (reported as the joins and leaves that turn the old state into the new
@@ -9,6 +11,12 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+mod channels;
+mod log;
+
+pub use channels::{Channels, Config, Event, JoinError, Outbound, PushError};
+pub use log::{Line, replay};
 
 /// phoenix.js's socket reconnect delays: 10, 50, 100, 150, 200, 250, 500, 1,000, 2,000 ms,
 /// then 5,000 ms, for `tries` from 1.
@@ -299,3 +307,6 @@ mod tests {
         assert_eq!(p.keys().collect::<Vec<_>>(), ["u2", "u3"]);
     }
 }
+
+#[cfg(test)]
+mod channels_tests;
