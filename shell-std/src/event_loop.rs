@@ -796,9 +796,16 @@ impl<H: tcp::Handler> Loop<H> {
     /// Reads what there is (within the budget) and hands it to the handler.
     fn read(&mut self, key: usize) -> Result<(), End> {
         let mut budget = READ_BUDGET;
+        let now = self.shared.clock.now_ms();
+        // A plain read that did not fill the scratch emptied the socket's receive queue: no
+        // need for the second read that would only say "would block". Data arriving later is a
+        // new edge, and epoll reports it (as tokio reasons too).
+        let mut drained = false;
         loop {
-            let now = self.shared.clock.now_ms();
             let entry = &mut self.entries[key];
+            if drained {
+                return Ok(());
+            }
             if budget == 0 {
                 self.again.push(key);
                 return Ok(());
@@ -811,7 +818,10 @@ impl<H: tcp::Handler> Loop<H> {
             let read = match &mut entry.tls {
                 None => match (&entry.socket).read(&mut self.scratch) {
                     Ok(0) => Err(End::PeerGone),
-                    Ok(n) => Ok(Some(Bytes::copy_from_slice(&self.scratch[..n]))),
+                    Ok(n) => {
+                        drained = n < self.scratch.len();
+                        Ok(Some(Bytes::copy_from_slice(&self.scratch[..n])))
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(_) => Err(End::PeerGone),
