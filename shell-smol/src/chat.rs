@@ -37,6 +37,47 @@ pub struct ChatOptions {
     pub allowed_origins: Vec<AllowedOrigin>,
     /// Join a cluster over Redis; `None` serves one node with no Redis.
     pub cluster: Option<ClusterOptions>,
+    /// Which shell runs the sockets (the hub is the same thread either way).
+    pub shell: ShellKind,
+}
+
+/// Which shell's server runs the sockets of `spool serve`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ShellKind {
+    /// spool-smol: a task per connection on an executor per core.
+    #[default]
+    Smol,
+    /// spool-std: connections on event-loop threads over epoll.
+    Std,
+}
+
+/// The running server, on either shell.
+enum AnyServer {
+    Smol(ServerHandle),
+    Std(spool_std::ServerHandle),
+}
+
+impl AnyServer {
+    fn local_addr(&self) -> std::net::SocketAddr {
+        match self {
+            AnyServer::Smol(s) => s.local_addr(),
+            AnyServer::Std(s) => s.local_addr(),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            AnyServer::Smol(s) => s.shutdown(),
+            AnyServer::Std(s) => s.shutdown(),
+        }
+    }
+
+    fn wait(self) {
+        match self {
+            AnyServer::Smol(s) => s.wait(),
+            AnyServer::Std(s) => s.wait(),
+        }
+    }
 }
 
 /// How a `spool serve` node joins its cluster.
@@ -94,6 +135,7 @@ impl Default for ChatOptions {
             tls: None,
             allowed_origins: Vec::new(),
             cluster: None,
+            shell: ShellKind::default(),
         }
     }
 }
@@ -136,7 +178,7 @@ impl std::error::Error for ServeError {
 
 /// A running demo server.
 pub struct ChatServer {
-    server: ServerHandle,
+    server: AnyServer,
     hub: Arc<Hub>,
     live: Arc<AtomicUsize>,
     live_views: crate::live_demo::LiveDemo,
@@ -243,15 +285,27 @@ pub fn serve(options: ChatOptions) -> Result<ChatServer, ServeError> {
     let rule = Arc::new(move |request: &Request| origins.check(request));
     let (site, live_views) = crate::live_demo::mount(socket, hub.clone(), rule)
         .map_err(|e| ServeError::Start(options.bind.clone(), StartError::SystemError(e)))?;
-    let mut server = Server::new(site)
-        .bind(options.bind.clone())
-        .config(crate::live_demo::ws_config());
-    if let Some((cert, key)) = options.tls {
-        server = server.tls(cert, key);
-    }
-    let server = server
-        .start()
-        .map_err(|e| ServeError::Start(options.bind, e))?;
+    let failed = |e| ServeError::Start(options.bind.clone(), e);
+    let server = match options.shell {
+        ShellKind::Smol => {
+            let mut server = Server::new(site)
+                .bind(options.bind.clone())
+                .config(crate::live_demo::ws_config());
+            if let Some((cert, key)) = options.tls {
+                server = server.tls(cert, key);
+            }
+            AnyServer::Smol(server.start().map_err(failed)?)
+        }
+        ShellKind::Std => {
+            let mut server = spool_std::Server::new(site)
+                .bind(options.bind.clone())
+                .config(crate::live_demo::ws_config());
+            if let Some((cert, key)) = options.tls {
+                server = server.tls(cert, key);
+            }
+            AnyServer::Std(server.start().map_err(failed)?)
+        }
+    };
     Ok(ChatServer {
         server,
         hub,

@@ -76,6 +76,10 @@ struct ServeArgs {
     /// //example.com (any scheme and port), //example.com:8080, //*.example.com, or * (any).
     #[arg(long, value_name = "ORIGIN")]
     allow_origin: Vec<AllowedOrigin>,
+    /// Which shell runs the sockets: smol (a task per connection) or std (event loops over
+    /// epoll, fewer wake-ups per broadcast).
+    #[arg(long, value_enum, default_value_t = Shell::Smol)]
+    shell: Shell,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
@@ -275,6 +279,10 @@ fn serve(args: ServeArgs) -> Result<(), String> {
         tls,
         allowed_origins: args.allow_origin,
         cluster,
+        shell: match args.shell {
+            Shell::Smol => spool_smol::chat::ShellKind::Smol,
+            Shell::Std => spool_smol::chat::ShellKind::Std,
+        },
     };
     let server = spool_smol::chat::serve(options).map_err(|e| e.to_string())?;
     let addr = server.local_addr();

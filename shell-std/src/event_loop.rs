@@ -749,6 +749,8 @@ impl<H: tcp::Handler> Loop<H> {
             self.open(socket, peer);
         }
         let mut touched = Vec::new();
+        // One clock reading for the batch: a broadcast puts thousands of messages here at once.
+        let now = self.shared.clock.now_ms();
         for (key, generation, message) in messages {
             let Some(entry) = self.entries.get_mut(key) else {
                 continue;
@@ -757,7 +759,6 @@ impl<H: tcp::Handler> Loop<H> {
                 continue;
             }
             entry.mailbox.waiting.fetch_sub(1, Ordering::AcqRel);
-            let now = self.shared.clock.now_ms();
             if let Some(slot) = &mut entry.slot {
                 slot.user(&self.shared.handler, message, now, &mut entry.out);
                 // Write as the batch grows, so that a burst from a mailbox is not mistaken for

@@ -261,3 +261,38 @@ fn the_std_reconnecting_client_speaks_wss_and_reconnects_over_tls() {
     assert_eq!(handle.wait(), client::StopReason::Closed);
     drop(echo);
 }
+
+#[test]
+fn serve_on_the_std_shell_joins_broadcasts_and_stops_on_sigterm() {
+    let mut spool = Spool::start(&["serve", "--port", "0", "--shell", "std"]);
+    let url = format!("ws://127.0.0.1:{}{SOCKET}", spool.addr.port());
+    let join = |user: &str| {
+        let mut c = Client::connect(&url, Config::default()).unwrap();
+        let text = format!(r#"["1","1","room:std","phx_join",{{"user":"{user}"}}]"#);
+        c.send(Message::text(text)).unwrap();
+        loop {
+            match c.recv().unwrap() {
+                Message::Text(t) if t.contains("phx_reply") => {
+                    assert!(t.contains(r#""status":"ok""#), "{t}");
+                    break c;
+                }
+                _ => {}
+            }
+        }
+    };
+    let (mut a, mut b) = (join("a"), join("b"));
+    a.send(Message::text(
+        r#"["1","2","room:std","shout",{"body":"over epoll"}]"#,
+    ))
+    .unwrap();
+    let heard = loop {
+        match b.recv().unwrap() {
+            Message::Text(t) if t.contains("\"shout\"") => break t,
+            _ => {}
+        }
+    };
+    assert!(heard.contains("over epoll"), "{heard}");
+    spool.signal("TERM");
+    let stopped = spool.wait_for(std::time::Duration::from_secs(15));
+    assert!(stopped.is_some_and(|s| s.success()), "{stopped:?}");
+}
