@@ -62,7 +62,10 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
     let mut events = Events::with_capacity(1024);
     let mut opened = 0;
     let connect_deadline = start + Duration::from_secs(30);
-    let mut measure: Option<(Instant, Duration, Duration, u64)> = None;
+    // When the window began: the time, the server's and our CPU, its context switches and
+    // read/write calls.
+    type Start = (Instant, Duration, Duration, u64, (u64, u64));
+    let mut measure: Option<Start> = None;
     let mut begin_at: Option<Instant> = None;
     let mut count = 0u64;
     let mut failed = 0usize;
@@ -83,16 +86,19 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
                 procfs::cpu(pid),
                 procfs::cpu(std::process::id()),
                 procfs::context_switches(pid),
+                procfs::syscalls(pid),
             ));
         }
-        if let Some((t0, cpu0, self0, ctx0)) = measure
+        if let Some((t0, cpu0, self0, ctx0, io0)) = measure
             && now >= t0 + Duration::from_secs_f64(secs)
         {
             let window = now - t0;
             let cpu = procfs::cpu(pid).saturating_sub(cpu0);
             let own = procfs::cpu(std::process::id()).saturating_sub(self0);
             let ctx = procfs::context_switches(pid).saturating_sub(ctx0);
-            break (window, cpu, own, ctx);
+            let io = procfs::syscalls(pid);
+            let io = (io.0.saturating_sub(io0.0), io.1.saturating_sub(io0.1));
+            break (window, cpu, own, ctx, io);
         }
         poll.poll(&mut events, Some(Duration::from_millis(5)))
             .map_err(|e| e.to_string())?;
@@ -135,13 +141,13 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
             }
         }
     };
-    let (window, cpu, own, ctx) = result;
+    let (window, cpu, own, ctx, io) = result;
     latencies.sort_unstable();
     let w = window.as_secs_f64();
     println!(
         "echo conns={opened} failed={failed} len={len} secs={w:.2} round_trips={count} rtps={:.0} \
          cpu_us_per_rt={:.3} p50_us={:.1} p99_us={:.1} server_cpu_pct={:.0} load_cpu_pct={:.0} \
-         ctxsw_per_s={:.0} threads={}",
+         ctxsw_per_s={:.0} reads_per_rt={:.3} writes_per_rt={:.3} threads={}",
         count as f64 / w,
         cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
         procfs::quantile(&latencies, 0.50) as f64 / 1e3,
@@ -149,6 +155,8 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
         cpu.as_secs_f64() * 100.0 / w,
         own.as_secs_f64() * 100.0 / w,
         ctx as f64 / w,
+        io.0 as f64 / count.max(1) as f64,
+        io.1 as f64 / count.max(1) as f64,
         procfs::threads(pid).unwrap_or(0),
     );
     Ok(())
@@ -201,7 +209,7 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
     let mut delivered = 0usize;
     let join_deadline = start + Duration::from_secs(120);
     // Phases: joining, then publishing (from `began`), then draining.
-    let mut began: Option<(Instant, Duration, Duration)> = None;
+    let mut began: Option<(Instant, Duration, Duration, (u64, u64))> = None;
     let mut shouted = 0usize;
     let mut last_shout = start;
     let mut last_delivery = start;
@@ -239,9 +247,10 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
                 Instant::now(),
                 procfs::cpu(pid),
                 procfs::cpu(std::process::id()),
+                procfs::syscalls(pid),
             ));
         }
-        if let Some((t0, _, _)) = began {
+        if let Some((t0, _, _, _)) = began {
             // Shout what is due (all at once when the rate is 0).
             let t = ms(start);
             while shouted < broadcasts
@@ -320,7 +329,8 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
             let _ = p.flush();
         }
     }
-    let (t0, cpu0, own0) = began.expect("published");
+    let (t0, cpu0, own0, io0) = began.expect("published");
+    let io = procfs::syscalls(pid);
     let window = last_delivery.max(last_shout).duration_since(t0);
     let cpu = procfs::cpu(pid).saturating_sub(cpu0);
     let own = procfs::cpu(std::process::id()).saturating_sub(own0);
@@ -331,7 +341,8 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
     println!(
         "fanout subscribers={subscribers} failed={failed} broadcasts={broadcasts} rate={rate} \
          delivered={delivered} expected={expected} missing={} secs={w:.2} dps={:.0} \
-         p50_ms={:.1} p99_ms={:.1} cpu_us_per_delivery={:.3} server_cpu_pct={:.0} load_cpu_pct={:.0}",
+         p50_ms={:.1} p99_ms={:.1} cpu_us_per_delivery={:.3} server_cpu_pct={:.0} load_cpu_pct={:.0} \
+         writes_per_delivery={:.3}",
         expected.saturating_sub(delivered),
         delivered as f64 / w,
         procfs::quantile(&latencies, 0.50) as f64 / 1e3,
@@ -339,6 +350,7 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
         cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
         cpu.as_secs_f64() * 100.0 / w,
         own.as_secs_f64() * 100.0 / w,
+        io.1.saturating_sub(io0.1) as f64 / delivered.max(1) as f64,
     );
     Ok(())
 }

@@ -20,6 +20,19 @@ pub fn cpu(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / TICKS)
 }
 
+/// Read and write system calls a process made so far (`syscr`, `syscw` of `/proc/PID/io`):
+/// readv/writev/recv/send count as one each.
+pub fn syscalls(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (field("syscr:"), field("syscw:"))
+}
+
 /// A field of `/proc/PID/status` in its first unit (KiB for memory).
 pub fn status_field(pid: u32, name: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

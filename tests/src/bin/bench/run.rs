@@ -195,6 +195,10 @@ fn print_table(table: &Table) {
     for n in &table.notes {
         println!("{n}");
     }
+    println!(
+        "- write/writev calls are /proc/PID/io's syscw, which does not count send(2): \
+         servers that send show '-'."
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,7 +491,14 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                 };
                 eprintln!("  {} {line}", col_name(spec.col));
                 let v = values(&line);
-                for key in ["rtps", "cpu_us_per_rt", "p50_us", "p99_us", "ctxsw_per_s"] {
+                for key in [
+                    "rtps",
+                    "cpu_us_per_rt",
+                    "p50_us",
+                    "p99_us",
+                    "ctxsw_per_s",
+                    "writes_per_rt",
+                ] {
                     if let Some(x) = v.get(key) {
                         figures.entry(key).or_default().push(*x);
                     }
@@ -526,10 +537,21 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                     format!("echo {size}: server context switches/s"),
                     Better::Lower,
                 ),
+                (
+                    "writes_per_rt",
+                    format!("echo {size}: server write/writev calls per round trip"),
+                    Better::Lower,
+                ),
             ];
             for (key, label, better) in rows {
                 if let Some(v) = figures.remove(key) {
-                    table.set(&label, better, spec.col, median(v));
+                    let v = median(v);
+                    // /proc/PID/io counts write(2) and writev(2), not send(2): a server that
+                    // sends shows none, which is no figure.
+                    if key == "writes_per_rt" && v == 0.0 {
+                        continue;
+                    }
+                    table.set(&label, better, spec.col, v);
                 }
             }
         }
@@ -619,6 +641,14 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
                     spec.col,
                     get("cpu_us_per_delivery"),
                 );
+                if get("writes_per_delivery") > 0.0 {
+                    table.set(
+                        "fan-out, as fast as offered: server write/writev calls per delivery",
+                        Better::Lower,
+                        spec.col,
+                        get("writes_per_delivery"),
+                    );
+                }
                 if get("load_cpu_pct") > 95.0 {
                     table.notes.push(format!(
                         "- fan-out fast on {}: the load generator used {:.0}% of its core \
