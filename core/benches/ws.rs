@@ -1,4 +1,9 @@
-//! Codec throughput, against tungstenite on the same bytes.
+//! Codec throughput, against tungstenite (and tokio-websockets) on the same bytes.
+//!
+//! `codec-decode-{16B,1KiB,64KiB}` and `codec-encode-*` (what `tests/scripts/bench.sh` reads):
+//! a server reading masked binary messages, 64 KiB of frames a read (one frame at 64 KiB), and
+//! a server framing binary messages, for spool, tungstenite and tokio-websockets; criterion's
+//! throughput is in messages.
 //!
 //! `cargo bench -p spool-core --bench ws` prints messages per second for a server reading
 //! masked 1 KiB binary messages (64 of them per read, as a busy socket delivers them) and for a
@@ -9,9 +14,12 @@
 
 use std::hint::black_box;
 use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::{Sink, Stream};
 use spool_core::ws::{
     Config, Connection, DeflateConfig, Event, Message, Outbound, PreparedMessage, apply_mask,
 };
@@ -73,6 +81,168 @@ impl Write for Replay {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl tokio::io::AsyncRead for Replay {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let n = buf.remaining().min(self.data.len() - self.at);
+        let at = self.at;
+        buf.put_slice(&self.data[at..at + n]);
+        self.at = (at + n) % self.data.len();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for Replay {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `count` masked binary frames of `len` bytes, back to back.
+fn masked_frames_of(len: usize, count: usize) -> Vec<u8> {
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut wire = Vec::new();
+    for i in 0..count {
+        wire.push(0x82);
+        match len {
+            0..=125 => wire.push(0x80 | len as u8),
+            126..=65535 => {
+                wire.push(0x80 | 126);
+                wire.extend_from_slice(&(len as u16).to_be_bytes());
+            }
+            _ => {
+                wire.push(0x80 | 127);
+                wire.extend_from_slice(&(len as u64).to_be_bytes());
+            }
+        }
+        wire.extend_from_slice(&key);
+        wire.extend((0..len).map(|j| ((i + j) as u8) ^ key[j % 4]));
+    }
+    wire
+}
+
+const SIZES: [(usize, &str); 3] = [(16, "16B"), (1024, "1KiB"), (65536, "64KiB")];
+
+/// Decode and unmask, three codecs, three sizes: 64 KiB of frames a read.
+fn codec_decode(c: &mut Criterion) {
+    for (len, tag) in SIZES {
+        let per_read = (65536 / len).max(1);
+        let wire = masked_frames_of(len, per_read);
+        let mut group = c.benchmark_group(format!("codec-decode-{tag}"));
+        group.throughput(Throughput::Elements(per_read as u64));
+        group.bench_function("spool", |b| {
+            let mut ws = open_server();
+            let mut out = Vec::with_capacity(per_read + 1);
+            b.iter(|| {
+                out.clear();
+                let bytes = Bytes::copy_from_slice(&wire);
+                ws.handle_into(Event::Receive { now_ms: 1, bytes }, &mut out);
+                assert_eq!(out.len(), per_read);
+                black_box(&out);
+            })
+        });
+        group.bench_function("tungstenite", |b| {
+            use tungstenite::protocol::{Role, WebSocket};
+            let stream = Replay {
+                data: wire.clone(),
+                at: 0,
+            };
+            let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
+            b.iter(|| {
+                for _ in 0..per_read {
+                    black_box(ws.read().unwrap());
+                }
+            })
+        });
+        group.bench_function("tokio-websockets", |b| {
+            let stream = Replay {
+                data: wire.clone(),
+                at: 0,
+            };
+            let mut ws = tokio_websockets::ServerBuilder::new().serve(stream);
+            let mut cx = Context::from_waker(Waker::noop());
+            b.iter(|| {
+                for _ in 0..per_read {
+                    match Pin::new(&mut ws).poll_next(&mut cx) {
+                        Poll::Ready(Some(Ok(m))) => {
+                            black_box(m);
+                        }
+                        other => panic!("tokio-websockets: {other:?}"),
+                    }
+                }
+            })
+        });
+        group.finish();
+    }
+}
+
+/// Encode, three codecs, three sizes: 64 KiB of messages a flush.
+fn codec_encode(c: &mut Criterion) {
+    for (len, tag) in SIZES {
+        let per_write = (65536 / len).max(1);
+        let payload = Bytes::from(vec![7u8; len]);
+        let mut group = c.benchmark_group(format!("codec-encode-{tag}"));
+        group.throughput(Throughput::Elements(per_write as u64));
+        group.bench_function("spool", |b| {
+            let mut ws = open_server();
+            let mut out: Vec<Outbound> = Vec::with_capacity(per_write);
+            b.iter(|| {
+                out.clear();
+                for _ in 0..per_write {
+                    let message = Message::Binary(payload.clone());
+                    ws.handle_into(Event::Send { now_ms: 1, message }, &mut out);
+                }
+                black_box(&out);
+            })
+        });
+        group.bench_function("tungstenite", |b| {
+            use tungstenite::protocol::{Role, WebSocket};
+            let stream = Replay {
+                data: vec![0],
+                at: 0,
+            };
+            let mut ws = WebSocket::from_raw_socket(stream, Role::Server, None);
+            b.iter(|| {
+                for _ in 0..per_write {
+                    ws.write(tungstenite::Message::Binary(payload.clone()))
+                        .unwrap();
+                }
+                ws.flush().unwrap();
+            })
+        });
+        group.bench_function("tokio-websockets", |b| {
+            let stream = Replay {
+                data: vec![0],
+                at: 0,
+            };
+            let mut ws = tokio_websockets::ServerBuilder::new().serve(stream);
+            let mut cx = Context::from_waker(Waker::noop());
+            b.iter(|| {
+                for _ in 0..per_write {
+                    let message = tokio_websockets::Message::binary(payload.clone());
+                    assert!(Pin::new(&mut ws).poll_ready(&mut cx).is_ready());
+                    Pin::new(&mut ws).start_send(message).unwrap();
+                }
+                assert!(Pin::new(&mut ws).poll_flush(&mut cx).is_ready());
+            })
+        });
+        group.finish();
     }
 }
 
@@ -189,5 +359,13 @@ fn deflate(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode, encode, mask, deflate);
+criterion_group!(
+    benches,
+    codec_decode,
+    codec_encode,
+    decode,
+    encode,
+    mask,
+    deflate
+);
 criterion_main!(benches);

@@ -102,3 +102,5 @@ pub fn python() -> PathBuf {
 pub fn tests_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+pub mod peer;

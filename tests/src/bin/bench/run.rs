@@ -1,0 +1,1141 @@
+//! `bench run`: starts each server, runs the load generators against it and prints the table.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::procfs;
+use crate::{Flags, flag};
+
+/// The table's columns: spool's two shells, then the peers, the floor last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Col {
+    Smol,
+    Std,
+    Fast,
+    TokioWs,
+    AsyncTung,
+    Node,
+    TokioBcast,
+    Tung,
+    Mio,
+}
+
+const COLS: [(Col, &str); 9] = [
+    (Col::Smol, "spool-smol"),
+    (Col::Std, "spool-std"),
+    (Col::Fast, "fastwebsockets"),
+    (Col::TokioWs, "tokio-websockets"),
+    (Col::AsyncTung, "async-tungstenite (smol)"),
+    (Col::Node, "Node ws"),
+    (Col::TokioBcast, "tokio broadcast"),
+    (Col::Tung, "tungstenite"),
+    (Col::Mio, "bare mio"),
+];
+
+fn col_name(col: Col) -> &'static str {
+    COLS.iter().find(|(c, _)| *c == col).map_or("?", |(_, n)| n)
+}
+
+fn is_spool(col: Col) -> bool {
+    matches!(col, Col::Smol | Col::Std)
+}
+
+/// Which way a figure is better.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Lower,
+    Higher,
+}
+
+/// One row: a figure per column, or a text.
+struct Row {
+    label: String,
+    better: Better,
+    values: BTreeMap<Col, f64>,
+    texts: BTreeMap<Col, String>,
+    target: String,
+    met: Option<bool>,
+}
+
+#[derive(Default)]
+struct Table {
+    rows: Vec<Row>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    fn row(&mut self, label: &str, better: Better) -> &mut Row {
+        if let Some(i) = self.rows.iter().position(|r| r.label == label) {
+            return &mut self.rows[i];
+        }
+        self.rows.push(Row {
+            label: label.to_string(),
+            better,
+            values: BTreeMap::new(),
+            texts: BTreeMap::new(),
+            target: String::new(),
+            met: None,
+        });
+        self.rows.last_mut().expect("pushed")
+    }
+
+    fn set(&mut self, label: &str, better: Better, col: Col, value: f64) {
+        self.row(label, better).values.insert(col, value);
+    }
+
+    fn get(&self, label: &str, col: Col) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| r.label == label)
+            .and_then(|r| r.values.get(&col).copied())
+    }
+
+    fn target(&mut self, label: &str, target: &str, met: Option<bool>) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.label == label) {
+            r.target = target.to_string();
+            r.met = met;
+        }
+    }
+}
+
+fn best(values: impl Iterator<Item = f64>, better: Better) -> Option<f64> {
+    values.fold(None, |acc, v| match (acc, better) {
+        (None, _) => Some(v),
+        (Some(a), Better::Lower) => Some(a.min(v)),
+        (Some(a), Better::Higher) => Some(a.max(v)),
+    })
+}
+
+fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        let s = format!("{:.0}", v);
+        let (sign, digits) = s.split_at(usize::from(s.starts_with('-')));
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn print_table(table: &Table) {
+    let mut header = vec!["figure".to_string()];
+    header.extend(COLS.iter().map(|(_, n)| n.to_string()));
+    header.extend(
+        [
+            "spool ÷ best peer",
+            "spool ÷ bare mio",
+            "target (issue 12)",
+            "met",
+        ]
+        .map(String::from),
+    );
+    println!("| {} |", header.join(" | "));
+    println!("|{}", "---|".repeat(header.len()));
+    for r in &table.rows {
+        let mut cells = vec![r.label.clone()];
+        for (col, _) in COLS {
+            cells.push(match (r.values.get(&col), r.texts.get(&col)) {
+                (_, Some(t)) => t.clone(),
+                (Some(v), None) => fmt(*v),
+                (None, None) => "-".to_string(),
+            });
+        }
+        let spool = best(
+            r.values
+                .iter()
+                .filter(|(c, _)| is_spool(**c))
+                .map(|(_, v)| *v),
+            r.better,
+        );
+        let peer = best(
+            r.values
+                .iter()
+                .filter(|(c, _)| !is_spool(**c) && **c != Col::Mio)
+                .map(|(_, v)| *v),
+            r.better,
+        );
+        let mio = r.values.get(&Col::Mio).copied();
+        let ratio = |other: Option<f64>| match (spool, other) {
+            (Some(s), Some(o)) if o != 0.0 => format!("{:.2}", s / o),
+            _ => "-".to_string(),
+        };
+        cells.push(ratio(peer));
+        cells.push(ratio(mio));
+        cells.push(if r.target.is_empty() {
+            "-".to_string()
+        } else {
+            r.target.clone()
+        });
+        cells.push(
+            match r.met {
+                Some(true) => "PASS",
+                Some(false) => "MISS",
+                None => "-",
+            }
+            .to_string(),
+        );
+        println!("| {} |", cells.join(" | "));
+    }
+    for n in &table.notes {
+        println!("{n}");
+    }
+    println!(
+        "- write/writev calls are /proc/PID/io's syscw, which does not count send(2): \
+         servers that send show '-'."
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/// A child killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server to measure: its column and its command (`{port}` stands for the port).
+struct Spec {
+    col: Col,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+impl Spec {
+    fn new(col: Col, program: impl Into<PathBuf>, args: &[&str]) -> Spec {
+        Spec {
+            col,
+            program: program.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        }
+    }
+}
+
+struct Env {
+    bin: PathBuf,
+    node_dir: PathBuf,
+    logs: PathBuf,
+    quick: bool,
+    runs: usize,
+    process: u32,
+}
+
+impl Env {
+    /// A distinct load process number: each gets its own source addresses.
+    fn next_process(&mut self) -> u32 {
+        self.process = (self.process + 1) % 240;
+        self.process
+    }
+
+    fn me(&self) -> PathBuf {
+        self.bin.join("bench")
+    }
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// Starts a server pinned to core 0 and waits until it accepts connections.
+fn start_server(env: &Env, spec: &Spec, tag: &str) -> Result<(Proc, u16), String> {
+    let port = free_port()?;
+    let log = env.logs.join(format!(
+        "{}-{tag}.log",
+        col_name(spec.col).replace([' ', '(', ')'], "")
+    ));
+    let log = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let args: Vec<String> = (spec.args.iter())
+        .map(|a| a.replace("{port}", &port.to_string()))
+        .collect();
+    let child = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&spec.program)
+        .args(&args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
+    let mut proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        if let Ok(Some(status)) = proc.0.try_wait() {
+            return Err(format!(
+                "{} exited ({status}) before listening",
+                col_name(spec.col)
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} not listening after 15 s", col_name(spec.col)));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Ok((proc, port))
+}
+
+/// Runs this program with `args` pinned to core 1; returns its last stdout line.
+fn run_load(env: &Env, args: &[String], timeout: Duration) -> Result<String, String> {
+    let child = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(env.me())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the load: {e}"))?;
+    let mut proc = Proc(child);
+    let deadline = Instant::now() + timeout;
+    loop {
+        match proc.0.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if Instant::now() > deadline => {
+                return Err(format!("load {args:?} still running after {timeout:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut s) = proc.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = proc.0.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    out.lines()
+        .last()
+        .map(str::to_string)
+        .ok_or_else(|| format!("the load printed nothing: {}", err.trim()))
+}
+
+/// `key=value` pairs of a result line.
+fn values(line: &str) -> BTreeMap<String, f64> {
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+pub fn run(flags: &Flags) -> Result<(), String> {
+    let quick: bool = flag(flags, "quick", false)?;
+    let only: String = flag(flags, "only", "echo,fanout,memory,scale,codec".to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bin = me.parent().expect("a directory").to_path_buf();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf();
+    let logs = bin.join("bench-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| e.to_string())?;
+    let mut env = Env {
+        bin: bin.clone(),
+        node_dir: flag(flags, "node-dir", root.join("tests/node"))?,
+        logs,
+        quick,
+        runs: flag(flags, "runs", if quick { 1 } else { 2 })?,
+        process: 0,
+    };
+    let mut table = Table::default();
+    let sections: Vec<&str> = only.split(',').map(str::trim).collect();
+    let started = Instant::now();
+    // Socket-heavy sections last but one (scale reads the kernel's memory before the others
+    // leave sockets behind); the codec (no sockets) last.
+    for section in ["echo", "scale", "memory", "fanout", "codec"] {
+        if !sections.contains(&section) {
+            continue;
+        }
+        eprintln!(
+            "bench: {section} ({:.0} s so far)",
+            started.elapsed().as_secs_f64()
+        );
+        let result = match section {
+            "echo" => echo(&mut env, &mut table),
+            "fanout" => fanout(&mut env, &mut table),
+            "memory" => memory(&mut env, &mut table, flag(flags, "memory-conns", 19_000)?),
+            "scale" => scale(&mut env, &mut table, flag(flags, "scale-conns", 19_000)?),
+            _ => codec(&env, &root, &mut table),
+        };
+        if let Err(e) = result {
+            eprintln!("bench: {section}: {e}");
+            table.notes.push(format!("- {section}: failed: {e}"));
+        }
+    }
+    targets(&mut table);
+    table.notes.push(format!(
+        "- {} mode, {} run(s) per echo figure (median); took {:.0} s. Server pinned to core 0, \
+         load generator (spool-core) to core 1.",
+        if quick { "quick" } else { "full" },
+        env.runs,
+        started.elapsed().as_secs_f64()
+    ));
+    println!();
+    print_table(&table);
+    Ok(())
+}
+
+fn echo_specs(env: &Env) -> Vec<Spec> {
+    let b = |name: &str| env.bin.join(name);
+    let spool = b("spool");
+    vec![
+        Spec::new(
+            Col::Smol,
+            &spool,
+            &[
+                "echo",
+                "--port",
+                "{port}",
+                "--shell",
+                "smol",
+                "--no-deflate",
+            ],
+        ),
+        Spec::new(
+            Col::Std,
+            &spool,
+            &["echo", "--port", "{port}", "--shell", "std", "--no-deflate"],
+        ),
+        Spec::new(Col::Fast, b("peer_fastwebsockets"), &["{port}"]),
+        Spec::new(Col::TokioWs, b("peer_tokio_websockets"), &["{port}"]),
+        Spec::new(Col::AsyncTung, b("peer_async_tungstenite"), &["{port}"]),
+        Spec::new(
+            Col::Node,
+            "node",
+            &[
+                env.node_dir
+                    .join("bench_echo_server.js")
+                    .to_str()
+                    .unwrap_or(""),
+                "{port}",
+            ],
+        ),
+        Spec::new(Col::Mio, b("peer_mio"), &["{port}"]),
+    ]
+}
+
+fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
+    let (secs, warmup) = if env.quick { (2.0, 0.5) } else { (5.0, 1.0) };
+    for spec in echo_specs(env) {
+        for len in [1024usize, 16] {
+            let size = if len == 1024 { "1 KiB" } else { "16 B" };
+            let mut figures: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            for run in 0..env.runs {
+                let (server, port) = start_server(env, &spec, &format!("echo-{len}-{run}"))?;
+                let pid = server.0.id();
+                let args: Vec<String> = [
+                    "echo",
+                    "--addr",
+                    &format!("127.0.0.1:{port}"),
+                    "--conns",
+                    "100",
+                    "--len",
+                    &len.to_string(),
+                    "--secs",
+                    &secs.to_string(),
+                    "--warmup",
+                    &warmup.to_string(),
+                    "--pid",
+                    &pid.to_string(),
+                    "--process",
+                    &env.next_process().to_string(),
+                ]
+                .map(String::from)
+                .to_vec();
+                let line = match run_load(env, &args, Duration::from_secs(60)) {
+                    Ok(line) => line,
+                    Err(e) => {
+                        table
+                            .notes
+                            .push(format!("- echo {size} on {}: {e}", col_name(spec.col)));
+                        continue;
+                    }
+                };
+                eprintln!("  {} {line}", col_name(spec.col));
+                let v = values(&line);
+                for key in [
+                    "rtps",
+                    "cpu_us_per_rt",
+                    "p50_us",
+                    "p99_us",
+                    "ctxsw_per_s",
+                    "writes_per_rt",
+                ] {
+                    if let Some(x) = v.get(key) {
+                        figures.entry(key).or_default().push(*x);
+                    }
+                }
+                if v.get("load_cpu_pct").is_some_and(|p| *p > 95.0) {
+                    table.notes.push(format!(
+                        "- echo {size} on {}: the load generator used {:.0}% of its core",
+                        col_name(spec.col),
+                        v["load_cpu_pct"]
+                    ));
+                }
+            }
+            let rows = [
+                (
+                    "rtps",
+                    format!("echo {size}: round trips/s"),
+                    Better::Higher,
+                ),
+                (
+                    "cpu_us_per_rt",
+                    format!("echo {size}: server CPU per round trip (us)"),
+                    Better::Lower,
+                ),
+                (
+                    "p50_us",
+                    format!("echo {size}: p50 latency (us)"),
+                    Better::Lower,
+                ),
+                (
+                    "p99_us",
+                    format!("echo {size}: p99 latency (us)"),
+                    Better::Lower,
+                ),
+                (
+                    "ctxsw_per_s",
+                    format!("echo {size}: server context switches/s"),
+                    Better::Lower,
+                ),
+                (
+                    "writes_per_rt",
+                    format!("echo {size}: server write/writev calls per round trip"),
+                    Better::Lower,
+                ),
+            ];
+            for (key, label, better) in rows {
+                if let Some(v) = figures.remove(key) {
+                    let v = median(v);
+                    // /proc/PID/io counts write(2) and writev(2), not send(2): a server that
+                    // sends shows none, which is no figure.
+                    if key == "writes_per_rt" && v == 0.0 {
+                        continue;
+                    }
+                    table.set(&label, better, spec.col, v);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
+    let spool = env.bin.join("spool");
+    let specs = vec![
+        Spec::new(Col::Smol, &spool, &["serve", "--port", "{port}"]),
+        Spec::new(
+            Col::Node,
+            "node",
+            &[
+                env.node_dir
+                    .join("bench_fanout_server.js")
+                    .to_str()
+                    .unwrap_or(""),
+                "{port}",
+            ],
+        ),
+        Spec::new(
+            Col::TokioBcast,
+            env.bin.join("peer_tokio_fanout"),
+            &["{port}"],
+        ),
+    ];
+    let subs = if env.quick { 5_000 } else { 10_000 };
+    let fast_broadcasts = if env.quick { 50 } else { 100 };
+    let paced_broadcasts = if env.quick { 5 } else { 10 };
+    table.notes.push(format!(
+        "- fan-out: {subs} subscribers of one topic, {fast_broadcasts} broadcasts as fast as \
+         the publisher can send them, then {paced_broadcasts} at one a second."
+    ));
+    for spec in specs {
+        for (mode, broadcasts, rate) in [
+            ("fast", fast_broadcasts, 0.0),
+            ("paced", paced_broadcasts, 1.0),
+        ] {
+            let (server, port) = start_server(env, &spec, &format!("fanout-{mode}"))?;
+            let args: Vec<String> = [
+                "fanout",
+                "--addr",
+                &format!("127.0.0.1:{port}"),
+                "--subs",
+                &subs.to_string(),
+                "--broadcasts",
+                &broadcasts.to_string(),
+                "--rate",
+                &rate.to_string(),
+                "--pid",
+                &server.0.id().to_string(),
+                "--process",
+                &env.next_process().to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            let line = match run_load(env, &args, Duration::from_secs(240)) {
+                Ok(l) => l,
+                Err(e) => {
+                    table
+                        .notes
+                        .push(format!("- fan-out {mode} on {}: {e}", col_name(spec.col)));
+                    continue;
+                }
+            };
+            eprintln!("  {} {mode} {line}", col_name(spec.col));
+            let v = values(&line);
+            let get = |k: &str| v.get(k).copied().unwrap_or(f64::NAN);
+            if mode == "fast" {
+                table.set(
+                    "fan-out, as fast as offered: deliveries/s",
+                    Better::Higher,
+                    spec.col,
+                    get("dps"),
+                );
+                table.set(
+                    "fan-out, as fast as offered: missing deliveries",
+                    Better::Lower,
+                    spec.col,
+                    get("missing"),
+                );
+                table.set(
+                    "fan-out, as fast as offered: server CPU per delivery (us)",
+                    Better::Lower,
+                    spec.col,
+                    get("cpu_us_per_delivery"),
+                );
+                if get("writes_per_delivery") > 0.0 {
+                    table.set(
+                        "fan-out, as fast as offered: server write/writev calls per delivery",
+                        Better::Lower,
+                        spec.col,
+                        get("writes_per_delivery"),
+                    );
+                }
+                if get("load_cpu_pct") > 95.0 {
+                    table.notes.push(format!(
+                        "- fan-out fast on {}: the load generator used {:.0}% of its core \
+                         (the rate may be the generator's)",
+                        col_name(spec.col),
+                        get("load_cpu_pct")
+                    ));
+                }
+            } else {
+                table.set(
+                    "fan-out, 1 broadcast/s: p99 latency (ms)",
+                    Better::Lower,
+                    spec.col,
+                    get("p99_ms"),
+                );
+                table.set(
+                    "fan-out, 1 broadcast/s: server CPU per delivery (us)",
+                    Better::Lower,
+                    spec.col,
+                    get("cpu_us_per_delivery"),
+                );
+                table.set(
+                    "fan-out, 1 broadcast/s: missing deliveries",
+                    Better::Lower,
+                    spec.col,
+                    get("missing"),
+                );
+            }
+            drop(server);
+        }
+    }
+    Ok(())
+}
+
+/// Idle connections held by client processes (at most 9,000 each) against a running server.
+struct Holders {
+    procs: Vec<Proc>,
+    lines: mpsc::Receiver<String>,
+    connected: u64,
+    failed: u64,
+}
+
+fn hold(env: &mut Env, port: u16, n: usize) -> Result<Holders, String> {
+    let processes = n.div_ceil(9_000).max(1);
+    let (tx, rx) = mpsc::channel();
+    let mut procs = Vec::new();
+    for p in 0..processes {
+        let count = n / processes + usize::from(p < n % processes);
+        let mut child = Proc(
+            Command::new("taskset")
+                .args(["-c", "1"])
+                .arg(env.me())
+                .args(["hold", "--addr", &format!("127.0.0.1:{port}")])
+                .args(["--count", &count.to_string()])
+                .args(["--process", &env.next_process().to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| format!("cannot start a holder: {e}"))?,
+        );
+        let out = child.0.stdout.take().expect("piped");
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        procs.push(child);
+    }
+    let mut h = Holders {
+        procs,
+        lines: rx,
+        connected: 0,
+        failed: 0,
+    };
+    let deadline = Instant::now() + Duration::from_secs(200);
+    let mut ready = 0;
+    while ready < processes {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = h
+            .lines
+            .recv_timeout(left)
+            .map_err(|_| format!("{ready} of {processes} holders ready after 200 s"))?;
+        if let Some(rest) = line.strip_prefix("ready ") {
+            let mut it = rest.split(' ').map(|v| v.parse::<u64>().unwrap_or(0));
+            h.connected += it.next().unwrap_or(0);
+            h.failed += it.next().unwrap_or(0);
+            ready += 1;
+        }
+    }
+    Ok(h)
+}
+
+impl Holders {
+    /// Closes the holders' stdin; returns the pings they answered.
+    fn finish(mut self) -> u64 {
+        for p in &mut self.procs {
+            drop(p.0.stdin.take());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (mut done, mut pings) = (0, 0u64);
+        while done < self.procs.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                break;
+            };
+            if let Some(rest) = line.strip_prefix("done ") {
+                pings += values(rest).get("pings").copied().unwrap_or(0.0) as u64;
+                done += 1;
+            }
+        }
+        pings
+    }
+}
+
+fn memory(env: &mut Env, table: &mut Table, n: usize) -> Result<(), String> {
+    let n = if env.quick { n.min(10_000) } else { n };
+    let settle = Duration::from_millis(if env.quick { 1_000 } else { 3_000 });
+    let label = format!("memory: server RSS per idle connection, {n} held (KiB)");
+    for spec in echo_specs(env) {
+        let (server, port) = start_server(env, &spec, "memory")?;
+        let pid = server.0.id();
+        let before = procfs::rss_kib(pid).unwrap_or(0);
+        let holders = match hold(env, port, n) {
+            Ok(h) => h,
+            Err(e) => {
+                table
+                    .notes
+                    .push(format!("- memory on {}: {e}", col_name(spec.col)));
+                continue;
+            }
+        };
+        std::thread::sleep(settle);
+        let alive = procfs::rss_kib(pid).is_some();
+        let after = procfs::rss_kib(pid).unwrap_or(0);
+        let connected = holders.connected;
+        let failed = holders.failed;
+        drop(holders.procs);
+        drop(server);
+        eprintln!(
+            "  {}: {connected} up, {failed} failed, RSS {before} -> {after} KiB",
+            col_name(spec.col)
+        );
+        if !alive {
+            table
+                .row(&label, Better::Lower)
+                .texts
+                .insert(spec.col, "died".into());
+            continue;
+        }
+        if connected > 0 {
+            let per = after.saturating_sub(before) as f64 / connected as f64;
+            table.set(&label, Better::Lower, spec.col, per);
+        }
+        if failed > 0 {
+            table.notes.push(format!(
+                "- memory on {}: {connected} connections held, {failed} failed",
+                col_name(spec.col)
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn scale(env: &mut Env, table: &mut Table, n: usize) -> Result<(), String> {
+    let n = if env.quick { n.min(10_000) } else { n };
+    let window = Duration::from_secs(if env.quick { 3 } else { 5 });
+    let spool = env.bin.join("spool");
+    let mut projections = Vec::new();
+    for (col, shell) in [(Col::Smol, "smol"), (Col::Std, "std")] {
+        let spec = Spec::new(
+            col,
+            &spool,
+            &[
+                "echo",
+                "--port",
+                "{port}",
+                "--shell",
+                shell,
+                "--no-deflate",
+                "--ping-interval-ms",
+                "1000",
+            ],
+        );
+        let (server, port) = start_server(env, &spec, "scale")?;
+        let pid = server.0.id();
+        let (rss0, k0) = (procfs::rss_kib(pid).unwrap_or(0), procfs::kernel());
+        let holders = hold(env, port, n)?;
+        // Let every connection see a ping or two before measuring.
+        std::thread::sleep(Duration::from_millis(2_000));
+        let (rss1, k1) = (procfs::rss_kib(pid).unwrap_or(0), procfs::kernel());
+        let cpu0 = procfs::cpu(pid);
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let cpu = procfs::cpu(pid).saturating_sub(cpu0).as_secs_f64();
+        let secs = t0.elapsed().as_secs_f64();
+        let alive = procfs::rss_kib(pid).is_some();
+        let connected = holders.connected.max(1) as f64;
+        let pings = holders.finish();
+        drop(server);
+        if !alive {
+            table
+                .notes
+                .push(format!("- scale on {}: the server died", col_name(col)));
+            continue;
+        }
+        let rss_per = rss1.saturating_sub(rss0) as f64 / connected;
+        let slab_per = k1.slab_kib.saturating_sub(k0.slab_kib) as f64 / connected;
+        let tcp_per = k1.tcp_mem_kib.saturating_sub(k0.tcp_mem_kib) as f64 / connected;
+        // The server's CPU for pings: one ping a second to every connection.
+        let cpu_per_conn_us = cpu * 1e6 / secs / connected;
+        eprintln!(
+            "  {}: {connected} up, RSS {rss0} -> {rss1} KiB, slab {} -> {} KiB, TCP mem {} -> {} \
+             KiB, TCP sockets {} -> {}, {:.2} s CPU over {secs:.1} s, {pings} pings answered",
+            col_name(col),
+            k0.slab_kib,
+            k1.slab_kib,
+            k0.tcp_mem_kib,
+            k1.tcp_mem_kib,
+            k0.tcp_inuse,
+            k1.tcp_inuse,
+            cpu
+        );
+        let held = format!("{}", connected as u64);
+        table.set(
+            &format!("scale: server RSS per connection, {held} with pings (KiB)"),
+            Better::Lower,
+            col,
+            rss_per,
+        );
+        table.set(
+            "scale: kernel slab per connection, both ends (KiB)",
+            Better::Lower,
+            col,
+            slab_per,
+        );
+        table.set(
+            "scale: kernel TCP buffer memory per connection (KiB)",
+            Better::Lower,
+            col,
+            tcp_per,
+        );
+        table.set(
+            "scale: server CPU per connection per second, 1 ping/s (us)",
+            Better::Lower,
+            col,
+            cpu_per_conn_us,
+        );
+        // 1,000,000 connections: the process grows by what each cost here; the kernel's half
+        // of the slab is the server's end (the clients would be elsewhere).
+        let million = 1_000_000.0;
+        let process_gib = (rss0 as f64 + rss_per * million) / (1024.0 * 1024.0);
+        let kernel_gib = (slab_per / 2.0 + tcp_per / 2.0) * million / (1024.0 * 1024.0);
+        let cores_30s = cpu_per_conn_us * million / 30.0 / 1e6;
+        table.set(
+            "scale: 1,000,000 connections projected: server process (GiB)",
+            Better::Lower,
+            col,
+            process_gib,
+        );
+        table.set(
+            "scale: 1,000,000 projected: kernel, server's end (GiB)",
+            Better::Lower,
+            col,
+            kernel_gib,
+        );
+        table.set(
+            "scale: 1,000,000 projected: cores for pings every 30 s",
+            Better::Lower,
+            col,
+            cores_30s,
+        );
+        projections.push((col, process_gib, kernel_gib, cores_30s));
+    }
+    for (col, process_gib, kernel_gib, cores) in projections {
+        // What runs out first, as a fraction of what there is.
+        let mut bounds = [
+            ("descriptors (20,000 a process here: 50x short)", 50.0),
+            ("memory (24 GiB machine)", (process_gib + kernel_gib) / 24.0),
+            ("process memory (2 GiB target)", process_gib / 2.0),
+            ("CPU (2 cores)", cores / 2.0),
+            (
+                "ports (needs 36+ client addresses: not a bound over 127.0.0.0/8)",
+                0.0,
+            ),
+        ];
+        bounds.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let after: Vec<String> = bounds[1..]
+            .iter()
+            .filter(|b| b.1 > 0.0)
+            .map(|b| format!("{} at {:.0}%", b.0, b.1 * 100.0))
+            .collect();
+        table.notes.push(format!(
+            "- scale, {}: 1,000,000 connections would be bounded first by {}; then {}.",
+            col_name(col),
+            bounds[0].0,
+            after.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn codec(env: &Env, root: &Path, table: &mut Table) -> Result<(), String> {
+    let sizes = [
+        (16usize, "16B", "16 B"),
+        (1024, "1KiB", "1 KiB"),
+        (65536, "64KiB", "64 KiB"),
+    ];
+    let codecs = [
+        (Col::Smol, "spool"),
+        (Col::Tung, "tungstenite"),
+        (Col::TokioWs, "tokio-websockets"),
+    ];
+    // criterion: messages per second.
+    let (warm, measure) = if env.quick { ("0.5", "1") } else { ("1", "3") };
+    let status = Command::new("cargo")
+        .current_dir(root)
+        .args(["bench", "-q", "-p", "spool-core", "--bench", "ws", "--"])
+        .args([
+            "--warm-up-time",
+            warm,
+            "--measurement-time",
+            measure,
+            "codec-",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("cargo bench: {e}"))?;
+    if !status.success() {
+        return Err(format!("cargo bench failed: {status}"));
+    }
+    let criterion = root.join("target/criterion");
+    for (op, what) in [("decode", "decode+unmask"), ("encode", "encode")] {
+        for (len, tag, size) in sizes {
+            let per_iter = (65536 / len).max(1) as f64;
+            let label = format!("codec: {what} {size}, messages/s (criterion)");
+            for (col, name) in codecs {
+                let path = criterion
+                    .join(format!("codec-{op}-{tag}"))
+                    .join(name)
+                    .join("new/estimates.json");
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    continue;
+                };
+                let v: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| e.to_string())?;
+                if let Some(ns) = v["mean"]["point_estimate"].as_f64() {
+                    table.set(&label, Better::Higher, col, per_iter * 1e9 / ns);
+                    if col == Col::Smol {
+                        table.set(&label, Better::Higher, Col::Std, per_iter * 1e9 / ns);
+                    }
+                }
+            }
+        }
+    }
+    // callgrind: instructions per message, the difference of two runs of N and 2N.
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        table
+            .notes
+            .push("- codec: valgrind is not installed: no instruction counts".into());
+        return Ok(());
+    }
+    for (op, what) in [("decode", "decode+unmask"), ("encode", "encode")] {
+        for (len, _, size) in sizes {
+            let n = match len {
+                16 => 20_000,
+                1024 => 2_000,
+                _ => 100,
+            };
+            let label = format!("codec: {what} {size}, instructions per message (callgrind)");
+            for (col, name) in codecs {
+                let count = |m: usize| -> Option<u64> {
+                    let out = Command::new("valgrind")
+                        .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+                        .arg(env.bin.join("bench_codec"))
+                        .args([op, name, &len.to_string(), &m.to_string()])
+                        .output()
+                        .ok()?;
+                    let err = String::from_utf8_lossy(&out.stderr);
+                    err.lines()
+                        .find_map(|l| {
+                            l.split_once("Collected :")
+                                .map(|(_, v)| v.trim().to_string())
+                        })
+                        .and_then(|v| v.parse().ok())
+                };
+                if let (Some(a), Some(b)) = (count(n), count(2 * n)) {
+                    let per = b.saturating_sub(a) as f64 / n as f64;
+                    table.set(&label, Better::Lower, col, per);
+                    if col == Col::Smol {
+                        table.set(&label, Better::Lower, Col::Std, per);
+                    }
+                }
+            }
+        }
+    }
+    table.notes.push(
+        "- codec rows: spool-core's codec, the same figure under both shells; tungstenite 0.30 \
+         and tokio-websockets 0.12 on the same masked bytes (64 KiB of frames a read)."
+            .into(),
+    );
+    Ok(())
+}
+
+/// The targets of issue 12, from figures of this run.
+fn targets(t: &mut Table) {
+    let spool = [Col::Smol, Col::Std];
+    for size in ["1 KiB", "16 B"] {
+        let cpu = format!("echo {size}: server CPU per round trip (us)");
+        let mio = t.get(&cpu, Col::Mio);
+        let fast = t.get(&cpu, Col::Fast);
+        let shells: Vec<f64> = spool.iter().filter_map(|c| t.get(&cpu, *c)).collect();
+        let met = match (mio, fast, shells.len()) {
+            (Some(m), Some(f), 2) => {
+                Some(shells.iter().any(|s| *s <= 1.10 * m) && shells.iter().all(|s| *s <= f))
+            }
+            _ => None,
+        };
+        t.target(
+            &cpu,
+            "<= 1.10x mio on one shell, <= fastwebsockets on both",
+            met,
+        );
+        let p99 = format!("echo {size}: p99 latency (us)");
+        let fast = t.get(&p99, Col::Fast);
+        let shells: Vec<f64> = spool.iter().filter_map(|c| t.get(&p99, *c)).collect();
+        let met = fast
+            .filter(|_| shells.len() == 2)
+            .map(|f| shells.iter().all(|s| *s <= f));
+        t.target(&p99, "<= fastwebsockets (both shells)", met);
+    }
+    let label = t
+        .rows
+        .iter()
+        .find(|r| r.label.starts_with("memory: "))
+        .map(|r| r.label.clone());
+    if let Some(label) = label {
+        let shells: Vec<f64> = spool.iter().filter_map(|c| t.get(&label, *c)).collect();
+        let met =
+            (!shells.is_empty()).then(|| shells.len() == 2 && shells.iter().all(|s| *s < 2.0));
+        t.target(&label, "< 2 KiB (both shells)", met);
+    }
+    let dps = "fan-out, as fast as offered: deliveries/s";
+    let missing = "fan-out, as fast as offered: missing deliveries";
+    if let Some(d) = t.get(dps, Col::Smol) {
+        let none_missing = t.get(missing, Col::Smol) == Some(0.0);
+        t.target(
+            dps,
+            ">= 1,000,000/s on one core, none missing",
+            Some(d >= 1e6 && none_missing),
+        );
+        t.target(missing, "0", Some(none_missing));
+    }
+    let p99 = "fan-out, 1 broadcast/s: p99 latency (ms)";
+    if let Some(v) = t.get(p99, Col::Smol) {
+        t.target(p99, "< 80 ms", Some(v < 80.0));
+    }
+    let cpu = "fan-out, 1 broadcast/s: server CPU per delivery (us)";
+    if let Some(v) = t.get(cpu, Col::Smol) {
+        t.target(cpu, "< 8 us", Some(v < 8.0));
+    }
+    let process = "scale: 1,000,000 connections projected: server process (GiB)";
+    let shells: Vec<f64> = spool.iter().filter_map(|c| t.get(process, *c)).collect();
+    if !shells.is_empty() {
+        t.target(
+            process,
+            "< 2 GiB (one shell)",
+            Some(shells.iter().any(|s| *s < 2.0)),
+        );
+    }
+    for size in ["16 B", "1 KiB"] {
+        let label = format!("codec: decode+unmask {size}, messages/s (criterion)");
+        if let (Some(s), Some(tu), Some(tw)) = (
+            t.get(&label, Col::Smol),
+            t.get(&label, Col::Tung),
+            t.get(&label, Col::TokioWs),
+        ) {
+            t.target(
+                &label,
+                ">= 2x tungstenite, >= tokio-websockets",
+                Some(s >= 2.0 * tu && s >= tw),
+            );
+        }
+    }
+    let label = "codec: decode+unmask 64 KiB, messages/s (criterion)";
+    if let (Some(s), Some(tw)) = (t.get(label, Col::Smol), t.get(label, Col::TokioWs)) {
+        t.target(label, ">= tokio-websockets", Some(s >= tw));
+    }
+}

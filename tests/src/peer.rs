@@ -1,0 +1,88 @@
+//! What the benchmark suite's peers (`src/bin/peer_*.rs`) share: the opening handshake of the
+//! ones whose library has none of its own, the arguments, and the mini Phoenix protocol of the
+//! fan-out peers (a `phx_join` is answered `ok` and subscribes; a `shout` goes to everyone).
+
+/// What [`upgrade_response`] made of the bytes read so far.
+pub enum Upgrade {
+    /// The request head is not complete yet.
+    Partial,
+    /// The 101 response to write, and how many bytes the head took.
+    Accept(Vec<u8>, usize),
+    /// Not a WebSocket upgrade (or a head over 8 KiB): close the connection.
+    Bad,
+}
+
+/// Parses an upgrade request head and builds the 101 answer (RFC 6455 §4.2.2).
+pub fn upgrade_response(head: &[u8]) -> Upgrade {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(head) {
+        Ok(httparse::Status::Partial) if head.len() <= 8192 => Upgrade::Partial,
+        Ok(httparse::Status::Complete(len)) => {
+            let key = request
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+                .and_then(|h| std::str::from_utf8(h.value).ok());
+            match key {
+                Some(key) => {
+                    let accept = spool_core::ws::accept_key(key.trim());
+                    let response = format!(
+                        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                         Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+                    );
+                    Upgrade::Accept(response.into_bytes(), len)
+                }
+                None => Upgrade::Bad,
+            }
+        }
+        _ => Upgrade::Bad,
+    }
+}
+
+/// The port from the first argument; exits with a usage line otherwise.
+pub fn port_arg(name: &str) -> u16 {
+    match std::env::args().nth(1).and_then(|p| p.parse().ok()) {
+        Some(port) => port,
+        None => {
+            eprintln!("usage: {name} PORT   (listens on 127.0.0.1:PORT)");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// What a fan-out peer does with a text message from a client.
+pub enum Channel {
+    /// Answer this reply (and subscribe the connection).
+    Join(String),
+    /// Send this text to every subscriber.
+    Broadcast(String),
+    /// Nothing.
+    Ignore,
+}
+
+/// Reads a Phoenix V2 message `[join_ref, ref, topic, event, payload]`.
+pub fn channel_message(text: &str) -> Channel {
+    let Ok(serde_json::Value::Array(v)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Channel::Ignore;
+    };
+    let [join_ref, reference, topic, event, payload] = &v[..] else {
+        return Channel::Ignore;
+    };
+    match event.as_str() {
+        Some("phx_join") => Channel::Join(
+            serde_json::json!([
+                join_ref,
+                reference,
+                topic,
+                "phx_reply",
+                {"status": "ok", "response": {}}
+            ])
+            .to_string(),
+        ),
+        Some("shout") => {
+            Channel::Broadcast(serde_json::json!([null, null, topic, "shout", payload]).to_string())
+        }
+        _ => Channel::Ignore,
+    }
+}
