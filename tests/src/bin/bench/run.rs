@@ -564,6 +564,11 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
     let specs = vec![
         Spec::new(Col::Smol, &spool, &["serve", "--port", "{port}"]),
         Spec::new(
+            Col::Std,
+            &spool,
+            &["serve", "--port", "{port}", "--shell", "std"],
+        ),
+        Spec::new(
             Col::Node,
             "node",
             &[
