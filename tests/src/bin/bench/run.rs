@@ -98,10 +98,11 @@ impl Table {
             .and_then(|r| r.values.get(&col).copied())
     }
 
+    /// Sets a row's target and verdict; no verdict when a figure of the row was starved.
     fn target(&mut self, label: &str, target: &str, met: Option<bool>) {
         if let Some(r) = self.rows.iter_mut().find(|r| r.label == label) {
             r.target = target.to_string();
-            r.met = met;
+            r.met = if r.starved.is_empty() { met } else { None };
         }
     }
 }
@@ -190,6 +191,7 @@ fn print_table(table: &Table) {
             match r.met {
                 Some(true) => "PASS",
                 Some(false) => "MISS",
+                None if !r.starved.is_empty() && !r.target.is_empty() => "? (*)",
                 None => "-",
             }
             .to_string(),
