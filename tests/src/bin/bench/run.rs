@@ -58,6 +58,8 @@ struct Row {
     better: Better,
     values: BTreeMap<Col, f64>,
     texts: BTreeMap<Col, String>,
+    /// Figures measured while other processes took the machine: printed with a `*`.
+    starved: std::collections::BTreeSet<Col>,
     target: String,
     met: Option<bool>,
 }
@@ -78,6 +80,7 @@ impl Table {
             better,
             values: BTreeMap::new(),
             texts: BTreeMap::new(),
+            starved: Default::default(),
             target: String::new(),
             met: None,
         });
@@ -95,10 +98,11 @@ impl Table {
             .and_then(|r| r.values.get(&col).copied())
     }
 
+    /// Sets a row's target and verdict; no verdict when a figure of the row was starved.
     fn target(&mut self, label: &str, target: &str, met: Option<bool>) {
         if let Some(r) = self.rows.iter_mut().find(|r| r.label == label) {
             r.target = target.to_string();
-            r.met = met;
+            r.met = if r.starved.is_empty() { met } else { None };
         }
     }
 }
@@ -152,6 +156,7 @@ fn print_table(table: &Table) {
         for (col, _) in COLS {
             cells.push(match (r.values.get(&col), r.texts.get(&col)) {
                 (_, Some(t)) => t.clone(),
+                (Some(v), None) if r.starved.contains(&col) => format!("{}*", fmt(*v)),
                 (Some(v), None) => fmt(*v),
                 (None, None) => "-".to_string(),
             });
@@ -186,6 +191,7 @@ fn print_table(table: &Table) {
             match r.met {
                 Some(true) => "PASS",
                 Some(false) => "MISS",
+                None if !r.starved.is_empty() && !r.target.is_empty() => "? (*)",
                 None => "-",
             }
             .to_string(),
@@ -194,6 +200,13 @@ fn print_table(table: &Table) {
     }
     for n in &table.notes {
         println!("{n}");
+    }
+    if table.rows.iter().any(|r| !r.starved.is_empty()) {
+        println!(
+            "- *: in at least one run of this figure neither the server nor the load generator \
+             had 70% of its core: other processes took the machine, and the figure (above all \
+             round trips/s and p99) says more about them than about the server."
+        );
     }
     println!(
         "- write/writev calls are /proc/PID/io's syscw, which does not count send(2): \
@@ -458,6 +471,7 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
         for len in [1024usize, 16] {
             let size = if len == 1024 { "1 KiB" } else { "16 B" };
             let mut figures: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            let mut starved = false;
             for run in 0..env.runs {
                 let (server, port) = start_server(env, &spec, &format!("echo-{len}-{run}"))?;
                 let pid = server.0.id();
@@ -503,6 +517,9 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                         figures.entry(key).or_default().push(*x);
                     }
                 }
+                // A closed loop keeps one side busy; when neither is, others took the cores.
+                let pct = |k: &str| v.get(k).copied().unwrap_or(0.0);
+                starved |= pct("server_cpu_pct") < 70.0 && pct("load_cpu_pct") < 70.0;
                 if v.get("load_cpu_pct").is_some_and(|p| *p > 95.0) {
                     table.notes.push(format!(
                         "- echo {size} on {}: the load generator used {:.0}% of its core",
@@ -552,6 +569,9 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                         continue;
                     }
                     table.set(&label, better, spec.col, v);
+                    if starved {
+                        table.row(&label, better).starved.insert(spec.col);
+                    }
                 }
             }
         }
