@@ -54,6 +54,9 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// User messages handled in one turn before the socket gets its say again.
 const MAILBOX_BATCH: usize = 64;
 
+/// Bytes a turn's user messages may queue before they are written.
+const BATCH_BYTES: usize = 64 * 1024;
+
 /// How long a TLS handshake may take, unless the server says otherwise.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -663,9 +666,10 @@ async fn drive<H: tcp::Handler, S: Socket>(
                 waiting.fetch_sub(1, Ordering::AcqRel);
                 slot.user(handler, message, now, out);
                 for _ in 1..MAILBOX_BATCH {
-                    // Bytes to write go out before the next message adds to them: the
+                    // A batch's frames go out in one write (a broadcast backlog costs one
+                    // system call per connection, not one per frame), up to BATCH_BYTES: the
                     // unsent-bytes bound is for a peer that reads too slowly, not for a batch.
-                    if !slot.is_open() || !out.is_empty() {
+                    if !slot.is_open() || out.unsent() >= BATCH_BYTES {
                         break;
                     }
                     match rx.try_recv() {
