@@ -156,6 +156,28 @@ impl Outgoing {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_queue_pool_keeps_at_most_its_bound_and_no_burst_sized_queue() {
+        // Many connections drain at once: the pool keeps POOL_SIZE queues, the rest are freed.
+        let mut many: Vec<Outgoing> = (0..POOL_SIZE + 10).map(|_| Outgoing::default()).collect();
+        for o in &mut many {
+            o.push(Transmit::from(vec![1u8; 4]));
+        }
+        for o in &mut many {
+            o.advance(4);
+            assert!(o.is_empty());
+        }
+        assert_eq!(POOL.with(|p| p.borrow().len()), POOL_SIZE);
+        // A queue grown past POOLED_CAPACITY by a burst is freed, not pooled.
+        POOL.with(|p| p.borrow_mut().clear());
+        let mut burst = Outgoing::default();
+        for _ in 0..POOLED_CAPACITY + 1 {
+            burst.push(Transmit::from(vec![1u8; 1]));
+        }
+        burst.advance(POOLED_CAPACITY + 1);
+        assert_eq!(POOL.with(|p| p.borrow().len()), 0);
+    }
+
     use super::*;
 
     /// A sink that takes at most `room` bytes, then would block.

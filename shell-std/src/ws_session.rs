@@ -55,8 +55,18 @@ fn lend_scratch<H: Handler>(s: &mut WsSession<H>, f: impl FnOnce(&mut WsSession<
         mem::swap(&mut s.out, &mut out);
         mem::swap(&mut s.pending, &mut pending);
     }
+    // A burst may have grown the scratch; a thread keeps at most a modest one.
+    if out.capacity() > SCRATCH_KEEP {
+        out = Vec::new();
+    }
+    if pending.capacity() > SCRATCH_KEEP {
+        pending = VecDeque::new();
+    }
     SCRATCH.with(|c| *c.borrow_mut() = (out, pending));
 }
+
+/// The most entries a thread's scratch queues keep between calls (a few dozen KiB).
+const SCRATCH_KEEP: usize = 256;
 
 /// A WebSocket [`Handler`] as a raw-layer handler: what both shells' WebSocket servers run.
 pub struct WsProtocol<H: Handler> {
