@@ -19,7 +19,9 @@ fn replay(target: &str, body: fn(&[u8])) {
     entries.sort();
     for path in entries {
         let data = std::fs::read(&path).unwrap();
-        body(&data);
+        if std::panic::catch_unwind(|| body(&data)).is_err() {
+            panic!("{target}: {} fails", path.display());
+        }
         count += 1;
     }
     assert!(count > 0, "no corpus in {}", dir.display());

@@ -124,6 +124,99 @@ fn a_stream_split_anywhere_decodes_to_the_same_messages() {
         .quickcheck(prop as fn(Vec<Msg>, Vec<usize>) -> TestResult);
 }
 
+/// What a client might send between messages: a ping, or a frame the server must reject.
+#[derive(Clone, Debug)]
+enum Item {
+    Message(Msg),
+    Ping(Vec<u8>),
+    /// A text frame whose payload is not UTF-8 (close 1007).
+    BadText,
+    /// A binary frame with RSV2 set (close 1002).
+    Reserved,
+}
+
+impl Arbitrary for Item {
+    fn arbitrary(g: &mut Gen) -> Item {
+        match u8::arbitrary(g) % 16 {
+            0 => Item::Ping((0..usize::arbitrary(g) % 20).map(|_| 7).collect()),
+            1 => Item::BadText,
+            2 => Item::Reserved,
+            _ => Item::Message(Msg::arbitrary(g)),
+        }
+    }
+}
+
+impl Item {
+    fn wire(&self) -> Vec<u8> {
+        // Masked with a zero key, so the payload bytes are as written.
+        match self {
+            Item::Message(m) => m.wire(),
+            Item::Ping(p) => [&[0x89, 0x80 | p.len() as u8, 0, 0, 0, 0][..], p].concat(),
+            Item::BadText => vec![0x81, 0x82, 0, 0, 0, 0, 0xC3, 0x28],
+            Item::Reserved => vec![0xA2, 0x81, 0, 0, 0, 0, 1],
+        }
+    }
+}
+
+/// The messages delivered and how the connection ended.
+fn outcome(out: &[Outbound]) -> (Vec<Message>, Vec<(u16, bool)>) {
+    let closes = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Closed(info) => Some((info.code, info.clean)),
+            _ => None,
+        })
+        .collect();
+    (delivered(out), closes)
+}
+
+/// A read that holds many whole messages takes the receive path's fast run; one that holds
+/// pieces takes the general path. Both must deliver the same messages, answer pings alike and
+/// fail on the same frame with the same code.
+#[test]
+fn whole_reads_and_piecemeal_reads_agree() {
+    fn prop(items: Vec<Item>, cuts: Vec<usize>) -> bool {
+        let wire: Vec<u8> = items.iter().flat_map(Item::wire).collect();
+        let feed = |pieces: Vec<&[u8]>| {
+            let mut ws = open_server();
+            let mut out = Vec::new();
+            for piece in pieces {
+                out.extend(ws.handle(Event::Receive {
+                    now_ms: 1,
+                    bytes: Bytes::copy_from_slice(piece),
+                }));
+            }
+            // A failure deferred behind delivered messages falls due at once: the shell ticks.
+            out.extend(ws.handle(Event::Tick { now_ms: 1 }));
+            out.extend(ws.handle(Event::TransportClosed { now_ms: 2 }));
+            out
+        };
+        let whole = feed(vec![&wire[..]]);
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        let mut start = 0;
+        let mut pieces = Vec::new();
+        for p in points {
+            pieces.push(&wire[start..p]);
+            start = p;
+        }
+        let piecemeal = feed(pieces);
+        let bytewise = feed(wire.chunks(1).collect());
+        let pongs = |out: &[Outbound]| {
+            out.iter()
+                .filter(|o| matches!(o, Outbound::Transmit(t) if t.starts_with(&[0x8A])))
+                .count()
+        };
+        outcome(&whole) == outcome(&piecemeal)
+            && outcome(&whole) == outcome(&bytewise)
+            && pongs(&whole) == pongs(&bytewise)
+    }
+    QuickCheck::new()
+        .tests(500)
+        .quickcheck(prop as fn(Vec<Item>, Vec<usize>) -> bool);
+}
+
 #[test]
 fn what_a_client_encodes_a_server_decodes() {
     // Encoder and decoder of the core itself, through a client and a server machine.

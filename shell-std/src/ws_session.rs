@@ -302,7 +302,7 @@ impl<H: Handler> WsProtocol<H> {
                         reason,
                     },
                 };
-                s.request = Some(Box::new(request));
+                s.request = Some(request);
                 s.pending.push_back(event);
             }
             Outbound::HttpRequest(request) => {

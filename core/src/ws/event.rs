@@ -180,10 +180,12 @@ pub enum Outbound {
     Transmit(Transmit),
     /// Server only: a valid upgrade request arrived. Answer with [`Event::Accept`] or
     /// [`Event::Reject`]; until then the connection waits (within its handshake timeout).
-    Upgrade(Request),
+    /// Boxed, as the next one is: they come once a connection, and unboxed they would make
+    /// every `Outbound` (one a delivered message) three times as large.
+    Upgrade(Box<Request>),
     /// Server only, with [`Config::plain_http`](super::Config::plain_http): a GET that is not
     /// an upgrade arrived. Answer with [`Event::Respond`].
-    HttpRequest(Request),
+    HttpRequest(Box<Request>),
     /// The handshake is complete; messages may flow.
     Opened(Handshake),
     /// A whole message arrived from the peer.

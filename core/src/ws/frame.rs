@@ -70,6 +70,7 @@ impl FrameHeader {
     /// # Errors
     /// A reserved opcode, a fragmented or over-long control frame, or a length that is not
     /// minimally encoded or has its top bit set.
+    #[inline]
     pub fn parse(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
         let [b0, b1, ..] = *buf else { return Ok(None) };
         let fin = b0 & 0x80 != 0;
@@ -116,8 +117,10 @@ impl FrameHeader {
             n => n as u64,
         };
         let mask = masked.then(|| {
-            let at = 2 + ext_len;
-            [buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]
+            // One bounds check and one 4-byte load (header_len covers it).
+            let mut key = [0u8; 4];
+            key.copy_from_slice(&buf[header_len - 4..header_len]);
+            key
         });
         let header = FrameHeader {
             fin,

@@ -1,28 +1,101 @@
-//! Masking (RFC 6455 §5.3): XOR with a 4-byte key, eight bytes at a time.
+//! Masking (RFC 6455 §5.3): XOR with a 4-byte key.
 //!
-//! The byte loop runs at about 1.2 GB/s on this project's machines; the word loop below reaches
-//! 27 GB/s at 512 bytes and is what the compiler vectorises. No `unsafe` is needed: the 8-byte
-//! chunks are read and written through `from_ne_bytes` / `to_ne_bytes`, which compile to plain
-//! loads and stores.
+//! Three loops, fastest first, all giving the same bytes:
+//! - on x86-64 CPUs with AVX2 (checked once at run time, then cached by `std`), 64 bytes an
+//!   iteration in two 32-byte registers. Its body is the same safe loop as the next one,
+//!   compiled for AVX2; the call into it is spool-core's only `unsafe`.
+//! - everywhere else, 32-byte chunks that the compiler vectorises with the baseline
+//!   instructions (SSE2 on x86-64, NEON on aarch64);
+//! - 8 bytes at a time for the tail, through `from_ne_bytes` / `to_ne_bytes`.
+//!
+//! On this project's 2-core machine a 64 KiB payload unmasks at about 60 GB/s with AVX2 against
+//! about 27 GB/s for the 8-byte loop alone; below 64 bytes the word loop is what runs.
+//! `tests` checks every loop against a byte-at-a-time reference at every length, offset and
+//! alignment.
+
+/// Below this many bytes the vector loops are not worth the dispatch.
+const WIDE_MIN: usize = 64;
 
 /// XORs `buf` with `key`, as if `buf` started `offset` bytes into the payload. The offset lets
 /// a payload that arrives in pieces be unmasked piece by piece.
+#[inline]
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
-    let rot = offset % 4;
-    let key = [
-        key[rot],
-        key[(rot + 1) % 4],
-        key[(rot + 2) % 4],
-        key[(rot + 3) % 4],
-    ];
-    let word = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
+    let key = rotate(key, offset);
+    if buf.len() < WIDE_MIN {
+        mask_words(buf, key);
+    } else {
+        mask_long(buf, key);
+    }
+}
+
+/// The key as seen from `offset` bytes into the payload.
+#[inline(always)]
+fn rotate(key: [u8; 4], offset: usize) -> [u8; 4] {
+    // Byte i of the little-endian word is key[i]; rotating right by 8 moves key[1] first.
+    u32::from_le_bytes(key)
+        .rotate_right(8 * (offset % 4) as u32)
+        .to_le_bytes()
+}
+
+/// Payloads of [`WIDE_MIN`] bytes or more, out of line so that the short case inlines small.
+#[inline(never)]
+fn mask_long(buf: &mut [u8], key: [u8; 4]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[expect(
+            unsafe_code,
+            reason = "calls a target_feature function after checking the CPU"
+        )]
+        // SAFETY: `mask_avx2` only requires AVX2, which the CPU was just found to have.
+        unsafe {
+            mask_avx2(buf, key)
+        };
+        return;
+    }
+    mask_wide(buf, key);
+}
+
+/// [`mask_wide`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn mask_avx2(buf: &mut [u8], key: [u8; 4]) {
+    mask_wide(buf, key);
+}
+
+/// The word loop up to the first 64-byte boundary, then 64 bytes (one cache line) an
+/// iteration, then the word loop for the rest. Aligning matters: a frame's payload starts 6 to
+/// 14 bytes into a read, and unaligned 32-byte stores that straddle cache lines cost about a
+/// fifth more time at 64 KiB on this project's machine.
+#[inline(always)]
+fn mask_wide(buf: &mut [u8], key: [u8; 4]) {
+    let head = buf.as_ptr().align_offset(64).min(buf.len());
+    let (prefix, buf) = buf.split_at_mut(head);
+    mask_words(prefix, key);
+    let key = rotate(key, head);
+    // Every 64-byte chunk is a multiple of 4 bytes long, so each starts at the same key index.
+    let mut pattern = [0u8; 64];
+    for quad in pattern.chunks_exact_mut(4) {
+        quad.copy_from_slice(&key);
+    }
+    let mut chunks = buf.chunks_exact_mut(64);
+    for chunk in &mut chunks {
+        for (b, k) in chunk.iter_mut().zip(pattern.iter()) {
+            *b ^= k;
+        }
+    }
+    mask_words(chunks.into_remainder(), key);
+}
+
+/// Eight bytes at a time, then byte by byte.
+#[inline(always)]
+fn mask_words(buf: &mut [u8], key: [u8; 4]) {
+    let quad = u32::from_le_bytes(key) as u64;
+    let word = quad | quad << 32;
     let mut chunks = buf.chunks_exact_mut(8);
     for chunk in &mut chunks {
         let mut b = [0u8; 8];
         b.copy_from_slice(chunk);
-        chunk.copy_from_slice(&(u64::from_ne_bytes(b) ^ word).to_ne_bytes());
+        chunk.copy_from_slice(&(u64::from_le_bytes(b) ^ word).to_le_bytes());
     }
     // Every whole chunk is a multiple of 4 bytes, so the tail starts at key index 0 again.
     for (i, byte) in chunks.into_remainder().iter_mut().enumerate() {
@@ -45,7 +118,9 @@ mod tests {
         let key = [0x12, 0x34, 0x56, 0x78];
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
         for start in 0..8 {
-            for len in [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65, 250] {
+            for len in [
+                0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 63, 64, 65, 127, 128, 131, 250,
+            ] {
                 for offset in 0..4 {
                     let mut fast = data[start..start + len].to_vec();
                     let mut slow = fast.clone();
@@ -53,6 +128,53 @@ mod tests {
                     reference(&mut slow, key, offset);
                     assert_eq!(fast, slow, "start {start} len {len} offset {offset}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn every_loop_matches_the_byte_loop() {
+        let key = [0xA1, 0x02, 0xF3, 0x44];
+        let data: Vec<u8> = (0..400u32).map(|i| (i * 13 + 5) as u8).collect();
+        // Every length up to 300 at one start, then every start modulo 64 (the alignment the
+        // wide loops begin with) at a few lengths.
+        let cases = (0..300)
+            .map(|len| (3, len))
+            .chain((0..70).flat_map(|start| [64, 65, 127, 128, 200, 300].map(|len| (start, len))));
+        for (start, len) in cases {
+            let input = &data[start..start + len];
+            let mut slow = input.to_vec();
+            reference(&mut slow, key, 0);
+            let mut words = input.to_vec();
+            mask_words(&mut words, key);
+            assert_eq!(words, slow, "words, len {len}");
+            // Masked where it lies, so that the start's alignment is the one under test.
+            let mut wide = data.clone();
+            mask_wide(&mut wide[start..start + len], key);
+            assert_eq!(
+                &wide[start..start + len],
+                &slow[..],
+                "wide, start {start} len {len}"
+            );
+            assert_eq!(wide[..start], data[..start], "wide wrote before its slice");
+            assert_eq!(
+                wide[start + len..],
+                data[start + len..],
+                "wide wrote past its slice"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                let mut avx = data.clone();
+                #[expect(unsafe_code, reason = "the CPU was just found to have AVX2")]
+                // SAFETY: as above.
+                unsafe {
+                    mask_avx2(&mut avx[start..start + len], key)
+                };
+                assert_eq!(
+                    &avx[start..start + len],
+                    &slow[..],
+                    "avx2, start {start} len {len}"
+                );
             }
         }
     }

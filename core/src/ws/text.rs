@@ -26,6 +26,13 @@ impl Text {
         }
     }
 
+    /// Text from bytes the caller has just checked are UTF-8 (the receive path validates a
+    /// payload while it can still stop before it, then wraps it without a second pass).
+    pub(crate) fn from_validated(bytes: Bytes) -> Text {
+        debug_assert!(simdutf8::basic::from_utf8(&bytes).is_ok());
+        Text(bytes)
+    }
+
     /// Text from a static string, without copying.
     pub const fn from_static(s: &'static str) -> Text {
         Text(Bytes::from_static(s.as_bytes()))
@@ -34,7 +41,8 @@ impl Text {
     /// The text.
     pub fn as_str(&self) -> &str {
         // SAFETY: every constructor checks or inherits UTF-8 validity (`from_utf8` validates;
-        // `String`, `&str` and `&'static str` are UTF-8), and the bytes are never mutated.
+        // `from_validated`'s one caller validated the same frozen bytes; `String`, `&str` and
+        // `&'static str` are UTF-8), and the bytes are never mutated.
         unsafe { std::str::from_utf8_unchecked(&self.0) }
     }
 

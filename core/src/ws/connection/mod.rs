@@ -323,13 +323,13 @@ impl Connection {
             Ok(None) => {}
             Ok(Some((Parsed::Upgrade(offer), head_len))) => {
                 self.buf.advance(head_len);
-                out.push(Outbound::Upgrade(offer.request.clone()));
+                out.push(Outbound::Upgrade(Box::new(offer.request.clone())));
                 self.offer = Some(Box::new(offer));
                 self.phase = Phase::AwaitingDecision;
             }
             Ok(Some((Parsed::Plain(request), head_len))) => {
                 self.buf.advance(head_len);
-                out.push(Outbound::HttpRequest(request));
+                out.push(Outbound::HttpRequest(Box::new(request)));
                 self.phase = Phase::AwaitingDecision;
             }
             Err(e) => self.fail_handshake(e, out),
