@@ -8,7 +8,7 @@
 //! thread.
 //!
 //! A connection's task waits on everything at once: bytes from the peer (to
-//! [`Slot::data`]), its mailbox, a bounded channel (to [`Slot::user`]), one timer at the
+//! [`Slot::data`]), its mailbox, a bounded queue (to [`Slot::user`]), one timer at the
 //! handler's deadline (to [`Slot::deadline_passed`]), the server's shutdown (to
 //! [`Slot::shutdown`]), and the writes of its [`Outgoing`] queue, so a peer that does not read
 //! holds up neither its timers nor its mailbox: the unsent-bytes bound decides when it is too
@@ -24,7 +24,7 @@ use std::io::Write as _;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
@@ -36,12 +36,13 @@ use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt as _;
 use futures_lite::{FutureExt as _, Stream as _, future, ready};
 use futures_rustls::TlsAcceptor;
-use smol::channel::{Receiver, Sender, TrySendError};
+use smol::channel::{Receiver, Sender};
 use smol::{Async, LocalExecutor, Timer};
 use spool_std::ServerLimits;
-use spool_std::handler::{Mailbox, MailboxError, MailboxSink, StartError};
+use spool_std::handler::{Mailbox, StartError};
 use spool_std::tcp::{self, End, Hangup, Slot};
 
+use crate::inbox::{Inbox, Receiving};
 use crate::io::{Clock, Deadline, Outgoing, Socket, drain_until_eof, poll_read, poll_write};
 
 /// How long `start` waits for every acceptor to report ready.
@@ -566,16 +567,8 @@ async fn run<H: tcp::Handler, S: Socket>(
 ) {
     let handler = &shared.handler;
     let clock = shared.clock;
-    // Unbounded underneath, bounded by a count: a bounded smol channel allocates all its slots
-    // up front (16 KiB for 1,024 of them), which an idle connection should not hold.
-    let (tx, rx) = smol::channel::unbounded();
-    let waiting = Arc::new(AtomicUsize::new(0));
-    let sink = ChannelSink {
-        tx,
-        waiting: waiting.clone(),
-        capacity: shared.limits.mailbox_capacity,
-    };
-    let conn = tcp::Conn::new(*peer, tls, Mailbox::new(Arc::new(sink)));
+    let inbox = Receiving(Inbox::new(shared.limits.mailbox_capacity));
+    let conn = tcp::Conn::new(*peer, tls, Mailbox::new(inbox.0.clone()));
     let mut out = Outgoing::default();
     let slot = Slot::open(
         handler,
@@ -589,8 +582,7 @@ async fn run<H: tcp::Handler, S: Socket>(
         clock,
         slot,
     };
-    let rx = pin!(rx);
-    let end = match drive(&mut held, &mut out, stream, rx, &waiting, stop).await {
+    let end = match drive(&mut held, &mut out, stream, &inbox.0, stop).await {
         Ok(hangup) => hang_up(stream, &mut out, hangup, peer).await,
         Err(end) => end,
     };
@@ -633,8 +625,7 @@ async fn drive<H: tcp::Handler, S: Socket>(
     held: &mut Held<'_, H>,
     out: &mut Outgoing,
     stream: &mut S,
-    mut rx: Pin<&mut Receiver<H::User>>,
-    waiting: &AtomicUsize,
+    inbox: &Inbox<H::User>,
     stop: &mut Stop,
 ) -> Result<Hangup, End> {
     let handler: &H = held.handler;
@@ -648,7 +639,7 @@ async fn drive<H: tcp::Handler, S: Socket>(
     loop {
         if let Some((hangup, _)) = slot.hangup() {
             // Nothing more reaches the handler: senders hear `Gone` from now on.
-            rx.close();
+            inbox.close();
             return Ok(hangup);
         }
         deadline.arm(slot.deadline(handler), clock);
@@ -673,13 +664,13 @@ async fn drive<H: tcp::Handler, S: Socket>(
                     Poll::Pending => unflushed = true,
                 }
             }
-            if user_first && let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+            if user_first && let Poll::Ready(u) = inbox.poll_recv(cx) {
                 return Poll::Ready(Wake::User(u));
             }
             if let Poll::Ready(r) = poll_read(stream, cx) {
                 return Poll::Ready(Wake::Read(r));
             }
-            if !user_first && let Poll::Ready(Some(u)) = rx.as_mut().poll_next(cx) {
+            if !user_first && let Poll::Ready(u) = inbox.poll_recv(cx) {
                 return Poll::Ready(Wake::User(u));
             }
             Poll::Pending
@@ -698,7 +689,6 @@ async fn drive<H: tcp::Handler, S: Socket>(
             Wake::Read(Ok(bytes)) if !bytes.is_empty() => slot.data(handler, bytes, now, out),
             Wake::Read(_) => return Err(End::PeerGone),
             Wake::User(message) => {
-                waiting.fetch_sub(1, Ordering::AcqRel);
                 slot.user(handler, message, now, out);
                 for _ in 1..MAILBOX_BATCH {
                     // A batch's frames go out in one write (a broadcast backlog costs one
@@ -707,12 +697,9 @@ async fn drive<H: tcp::Handler, S: Socket>(
                     if !slot.is_open() || out.unsent() >= BATCH_BYTES {
                         break;
                     }
-                    match rx.try_recv() {
-                        Ok(message) => {
-                            waiting.fetch_sub(1, Ordering::AcqRel);
-                            slot.user(handler, message, now, out);
-                        }
-                        Err(_) => break,
+                    match inbox.try_recv() {
+                        Some(message) => slot.user(handler, message, now, out),
+                        None => break,
                     }
                 }
             }
@@ -767,31 +754,4 @@ async fn hang_up<S: Socket>(
             .await;
     }
     End::Closed
-}
-
-/// A connection's mailbox: a channel into its task, and the count that bounds it.
-struct ChannelSink<U> {
-    tx: Sender<U>,
-    waiting: Arc<AtomicUsize>,
-    capacity: usize,
-}
-
-impl<U: Send> MailboxSink<U> for ChannelSink<U> {
-    fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
-        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.capacity {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return Err(MailboxError::Full(message));
-        }
-        self.tx.try_send(message).map_err(|e| {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            match e {
-                TrySendError::Full(m) => MailboxError::Full(m),
-                TrySendError::Closed(m) => MailboxError::Gone(m),
-            }
-        })
-    }
-
-    fn close(&self) {
-        self.tx.close();
-    }
 }
