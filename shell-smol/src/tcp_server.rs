@@ -15,27 +15,29 @@
 //! slow. Once the handler hangs up, the task writes what is left and closes, at once or after
 //! lingering, as [`Hangup`] says.
 //!
-//! Shutdown closes one stop channel: each thread cancels its acceptors, every connection's
-//! handler gets `on_shutdown` (a WebSocket sends 1001) and closes as usual, and the thread ends
-//! once its connections have, or the shutdown grace has passed and the rest are dropped (each
-//! still reaching `on_close`).
+//! Shutdown closes one stop channel: each thread fires its connections' stop signal and cancels
+//! its acceptors, every connection's handler gets `on_shutdown` (a WebSocket sends 1001) and
+//! closes as usual, and the thread ends once its connections have, or the shutdown grace has
+//! passed and the rest are dropped (each still reaching `on_close`).
 
+use std::cell::{Cell, RefCell};
 use std::io::Write as _;
+use std::mem;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::rc::{Rc, Weak};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::io::AsyncWriteExt as _;
-use futures_lite::{FutureExt as _, Stream as _, future, ready};
+use futures_lite::{FutureExt as _, future};
 use futures_rustls::TlsAcceptor;
+use slab::Slab;
 use smol::channel::{Receiver, Sender};
 use smol::{Async, LocalExecutor, Timer};
 use spool_std::ServerLimits;
@@ -286,8 +288,8 @@ impl TcpServerHandle {
     }
 
     fn stop_and_join(&mut self) {
-        // Closing the channel wakes every thread's `stopped.recv()` and every connection's
-        // `Stop`.
+        // Closing the channel wakes every thread's `stopped.recv()`; each thread fires its
+        // connections' `Stop`.
         if let Some(stop) = self.stop.take() {
             stop.close();
         }
@@ -328,6 +330,7 @@ fn run_thread<H: tcp::Handler>(
 ) {
     let grace = shared.limits.shutdown_grace;
     let executor = Rc::new(LocalExecutor::new());
+    let signal = Rc::new(StopSignal::default());
     // Every connection task (and every acceptor, which hands out clones) holds a clone of
     // `live`; `drained.recv()` fails once the last one is dropped. Nothing is ever sent.
     let (live, drained) = smol::channel::bounded::<()>(1);
@@ -337,7 +340,7 @@ fn run_thread<H: tcp::Handler>(
                 Rc::downgrade(&executor),
                 shared.clone(),
                 ready.clone(),
-                stopped.clone(),
+                signal.clone(),
                 live.clone(),
             );
             executor.spawn(task)
@@ -346,6 +349,7 @@ fn run_thread<H: tcp::Handler>(
     drop((ready, live));
     smol::block_on(executor.run(async {
         let _ = stopped.recv().await;
+        signal.fire();
         // No connection starts after this; the ones running saw the same channel close and
         // are closing.
         for acceptor in acceptors {
@@ -367,7 +371,7 @@ async fn accept_loop<H: tcp::Handler>(
     executor: Weak<LocalExecutor<'static>>,
     shared: Arc<Shared<H>>,
     ready: mpsc::Sender<()>,
-    stopped: Receiver<()>,
+    signal: Rc<StopSignal>,
     live: Sender<()>,
 ) {
     let _ = ready.send(());
@@ -386,7 +390,7 @@ async fn accept_loop<H: tcp::Handler>(
                 let Some(executor) = executor.upgrade() else {
                     return;
                 };
-                let stop = Stop::new(stopped.clone());
+                let stop = Stop::new(signal.clone());
                 let accepted = Accepted {
                     shared: shared.clone(),
                     stream: Some(stream),
@@ -589,24 +593,69 @@ async fn run<H: tcp::Handler, S: Socket>(
     held.slot.end(handler, end, clock.now_ms());
 }
 
-/// The server's shutdown as one connection sees it: the stop channel, which is never sent on
-/// and closes when the server shuts down. Ready once, then pending for good.
-struct Stop(Option<Pin<Box<Receiver<()>>>>);
+/// The server's shutdown as one thread's connections see it: fired once, by the thread, when
+/// the server's stop channel closes. Each connection that waits for it has its waker here (a
+/// slab entry, 24 bytes, where a listener of its own on the stop channel took about 100).
+#[derive(Default)]
+struct StopSignal {
+    fired: Cell<bool>,
+    waiting: RefCell<Slab<Waker>>,
+}
+
+impl StopSignal {
+    /// Fires: wakes every connection waiting, and every later poll is ready at once.
+    fn fire(&self) {
+        self.fired.set(true);
+        let waiting = mem::take(&mut *self.waiting.borrow_mut());
+        for (_, waker) in waiting {
+            waker.wake();
+        }
+    }
+}
+
+/// The server's shutdown as one connection sees it: ready once, then pending for good.
+struct Stop {
+    /// `None` once it has fired.
+    signal: Option<Rc<StopSignal>>,
+    /// This connection's entry among the signal's waiting, once it has waited.
+    key: Option<usize>,
+}
 
 impl Stop {
-    fn new(stopped: Receiver<()>) -> Stop {
-        // Pinned: a receiver polled as a stream keeps its listener in place.
-        Stop(Some(Box::pin(stopped)))
+    fn new(signal: Rc<StopSignal>) -> Stop {
+        Stop {
+            signal: Some(signal),
+            key: None,
+        }
     }
 
     fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(rx) = &mut self.0 else {
+        let Some(signal) = &self.signal else {
             return Poll::Pending;
         };
-        ready!(rx.as_mut().poll_next(cx));
-        // A closed channel stays ready: forget it so that it fires once.
-        self.0 = None;
-        Poll::Ready(())
+        if signal.fired.get() {
+            // Fired: forget the signal so that it fires once.
+            self.signal = None;
+            self.key = None;
+            return Poll::Ready(());
+        }
+        let mut waiting = signal.waiting.borrow_mut();
+        match self.key.and_then(|key| waiting.get_mut(key)) {
+            Some(waker) => waker.clone_from(cx.waker()),
+            None => self.key = Some(waiting.insert(cx.waker().clone())),
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        // Once fired, the signal's entries are gone: a key would name someone else's.
+        if let (Some(signal), Some(key)) = (&self.signal, self.key)
+            && !signal.fired.get()
+        {
+            signal.waiting.borrow_mut().try_remove(key);
+        }
     }
 }
 
@@ -754,4 +803,49 @@ async fn hang_up<S: Socket>(
             .await;
     }
     End::Closed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn the_stop_signal_holds_one_entry_a_waiting_connection_and_fires_each_once() {
+        let signal = Rc::new(StopSignal::default());
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut stops: Vec<Stop> = (0..3).map(|_| Stop::new(signal.clone())).collect();
+        for stop in &mut stops {
+            assert_eq!(stop.poll_fired(&mut cx), Poll::Pending);
+            // Waiting again keeps the one entry.
+            assert_eq!(stop.poll_fired(&mut cx), Poll::Pending);
+        }
+        assert_eq!(signal.waiting.borrow().len(), 3);
+        // A connection that ends gives its entry back.
+        drop(stops.pop());
+        assert_eq!(signal.waiting.borrow().len(), 2);
+        signal.fire();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert_eq!(signal.waiting.borrow().len(), 0);
+        // Each fires once, and one made after the fire fires at once.
+        stops.push(Stop::new(signal.clone()));
+        for stop in &mut stops {
+            assert_eq!(stop.poll_fired(&mut cx), Poll::Ready(()));
+            assert_eq!(stop.poll_fired(&mut cx), Poll::Pending);
+        }
+        drop(stops);
+        assert_eq!(signal.waiting.borrow().len(), 0);
+    }
 }
