@@ -1,7 +1,7 @@
 //! A server connection's mailbox on smol: the queue other threads put user messages in, and
 //! the waker of the connection's task.
 //!
-//! One small allocation a connection (96 bytes), shared by every [`Mailbox`](crate::Mailbox)
+//! One small allocation a connection (88 bytes), shared by every [`Mailbox`](crate::Mailbox)
 //! handed out and by the task that takes the messages. It replaced a smol channel, whose
 //! channel, count, sink and listener came to about 1,100 bytes a connection, most of it the
 //! channel's cache-padded queue. The queue holds no buffer while it is empty, so an idle
