@@ -23,6 +23,7 @@ pub mod chat;
 pub mod cli_client;
 mod client;
 pub mod cluster_bus;
+mod inbox;
 mod io;
 pub mod live_demo;
 pub mod phoenix;

@@ -13,7 +13,6 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::mem;
-use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -24,9 +23,7 @@ use spool_core::replay::Setup;
 use spool_core::session;
 use spool_core::ws::{self, CloseInfo, Connection, Event, Initiator, Outbound, Request};
 
-use crate::handler::{
-    Action, Conn, Handler, HttpResponse, Incoming, Mailbox, Next, Rejection, StartError,
-};
+use crate::handler::{Action, Conn, Handler, HttpResponse, Incoming, Next, Rejection, StartError};
 use crate::record::Recorder;
 use crate::tcp::{self, End, Hangup, Packet};
 
@@ -34,35 +31,41 @@ thread_local! {
     /// The queues every session of this thread works in while it runs, so that an idle
     /// session holds none: thousands of idle connections would otherwise each keep the
     /// capacity their busiest moment left behind.
-    static SCRATCH: RefCell<(Vec<Outbound>, VecDeque<Event>)> = const {
-        RefCell::new((Vec::new(), VecDeque::new()))
+    static SCRATCH: RefCell<Work> = const {
+        RefCell::new(Work {
+            pending: VecDeque::new(),
+            out: Vec::new(),
+        })
     };
 }
 
-/// Runs `f` with the thread's scratch queues in the session's `out` and `pending`, then takes
-/// them back. Should the queues not be empty at the end (they always are: `run` drains them),
-/// the session keeps them, so nothing is lost.
-fn lend_scratch<H: Handler>(s: &mut WsSession<H>, f: impl FnOnce(&mut WsSession<H>)) {
+/// A session's queues while it runs: lent from the thread's scratch by [`lend_scratch`], so a
+/// session keeps none between calls.
+#[derive(Default)]
+struct Work {
+    /// Events waiting for the core: the handler's requests, in the order made.
+    pending: VecDeque<Event>,
+    /// What the core returns.
+    out: Vec<Outbound>,
+}
+
+/// Runs `f` with the thread's scratch queues, then gives them back (empty: `run` drains them).
+fn lend_scratch<R>(f: impl FnOnce(&mut Work) -> R) -> R {
     // Taken, not borrowed: were a callback to run another session here, it would get fresh
     // queues rather than a double borrow.
-    let (mut out, mut pending) = SCRATCH.with(|c| mem::take(&mut *c.borrow_mut()));
-    mem::swap(&mut s.out, &mut out);
-    mem::swap(&mut s.pending, &mut pending);
-    f(s);
-    mem::swap(&mut s.out, &mut out);
-    mem::swap(&mut s.pending, &mut pending);
-    if !out.is_empty() || !pending.is_empty() {
-        mem::swap(&mut s.out, &mut out);
-        mem::swap(&mut s.pending, &mut pending);
-    }
+    let mut work = SCRATCH.with(|c| mem::take(&mut *c.borrow_mut()));
+    let result = f(&mut work);
+    work.pending.clear();
+    work.out.clear();
     // A burst may have grown the scratch; a thread keeps at most a modest one.
-    if out.capacity() > SCRATCH_KEEP {
-        out = Vec::new();
+    if work.out.capacity() > SCRATCH_KEEP {
+        work.out = Vec::new();
     }
-    if pending.capacity() > SCRATCH_KEEP {
-        pending = VecDeque::new();
+    if work.pending.capacity() > SCRATCH_KEEP {
+        work.pending = VecDeque::new();
     }
-    SCRATCH.with(|c| *c.borrow_mut() = (out, pending));
+    SCRATCH.with(|c| *c.borrow_mut() = work);
+    result
 }
 
 /// The most entries a thread's scratch queues keep between calls (a few dozen KiB).
@@ -143,21 +146,18 @@ impl<H: Handler> WsProtocol<H> {
     }
 }
 
-/// One WebSocket connection's session.
+/// One WebSocket connection's session. What it works in while it runs (events for the core,
+/// what the core returns) is the thread's, lent for the call: an idle session holds only what
+/// it must remember. (The peer and the mailbox are the raw connection's, and the handler's
+/// connection's once it is open.)
 pub struct WsSession<H: Handler> {
     ws: Connection,
-    peer: SocketAddr,
-    mailbox: Mailbox<H::User>,
     /// The upgrade request, kept from `Upgrade` until `Opened` hands it to the handler.
     request: Option<Box<Request>>,
     /// The handler's state and connection, from `on_init` until `on_close`.
     user: Option<(H::State, Conn<H::User>)>,
-    /// Events waiting for the core: the handler's requests, in the order made. Empty, and
-    /// holding no memory, between calls: see [`lend_scratch`].
-    pending: VecDeque<Event>,
-    /// What the core returns; empty and holding no memory between calls, as `pending`.
-    out: Vec<Outbound>,
-    recorder: Option<Recorder>,
+    /// Boxed: most servers do not record.
+    recorder: Option<Box<Recorder>>,
 }
 
 impl<H: Handler> tcp::Handler for WsProtocol<H> {
@@ -172,13 +172,9 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
         });
         let mut session = WsSession {
             ws,
-            peer: conn.peer_addr(),
-            mailbox: conn.mailbox(),
             request: None,
             user: None,
-            pending: VecDeque::new(),
-            out: Vec::new(),
-            recorder: self.recorder(),
+            recorder: self.recorder().map(Box::new),
         };
         let now_ms = conn.now_ms();
         self.feed(&mut session, Event::Open { now_ms }, conn);
@@ -189,11 +185,11 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
         let now_ms = conn.now_ms();
         match packet {
             Packet::Data(bytes) => self.feed(s, Event::Receive { now_ms, bytes }, conn),
-            Packet::User(message) => lend_scratch(s, |s| {
-                self.call(s, now_ms, |h, state, c| {
+            Packet::User(message) => lend_scratch(|work| {
+                self.call(s, work, now_ms, |h, state, c| {
                     h.handle(state, Incoming::User(message), c)
                 });
-                self.run(s, conn);
+                self.run(s, work, conn);
             }),
         }
     }
@@ -232,13 +228,14 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
         if let Some(recorder) = &mut s.recorder {
             recorder.event(&Event::TransportClosed { now_ms });
         }
-        let mut out = mem::take(&mut s.out);
-        s.ws.handle_into(Event::TransportClosed { now_ms }, &mut out);
-        for outbound in out.drain(..) {
-            if let Outbound::Closed(info) = outbound {
-                self.closed(&mut s, info, end);
+        lend_scratch(|work| {
+            s.ws.handle_into(Event::TransportClosed { now_ms }, &mut work.out);
+            for outbound in work.out.drain(..) {
+                if let Outbound::Closed(info) = outbound {
+                    self.closed(&mut s, info, end);
+                }
             }
-        }
+        });
         if let Some((state, _conn)) = s.user.take() {
             // Only if the core did not report `Closed`; kept so on_close runs exactly once.
             let info = CloseInfo {
@@ -262,36 +259,43 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
 impl<H: Handler> WsProtocol<H> {
     /// Gives `event`, and every event it leads to, to the core.
     fn feed(&self, s: &mut WsSession<H>, event: Event, conn: &mut tcp::Conn<H::User>) {
-        lend_scratch(s, |s| {
-            s.pending.push_back(event);
-            self.run(s, conn);
+        lend_scratch(|work| {
+            work.pending.push_back(event);
+            self.run(s, work, conn);
         });
     }
 
-    fn run(&self, s: &mut WsSession<H>, conn: &mut tcp::Conn<H::User>) {
-        let mut out = mem::take(&mut s.out);
-        while let Some(event) = s.pending.pop_front() {
+    fn run(&self, s: &mut WsSession<H>, work: &mut Work, conn: &mut tcp::Conn<H::User>) {
+        let mut out = mem::take(&mut work.out);
+        while let Some(event) = work.pending.pop_front() {
             if let Some(recorder) = &mut s.recorder {
                 recorder.event(&event);
             }
             s.ws.handle_into(event, &mut out);
             for outbound in out.drain(..) {
-                self.carry_out(s, outbound, conn);
+                self.carry_out(s, work, outbound, conn);
             }
         }
-        s.out = out;
+        work.out = out;
     }
 
     /// Carries out one outbound. Handler callbacks run here; what they ask for is queued
     /// behind this call's outbounds, so bytes reach the wire in the order the core made them.
-    fn carry_out(&self, s: &mut WsSession<H>, outbound: Outbound, conn: &mut tcp::Conn<H::User>) {
+    fn carry_out(
+        &self,
+        s: &mut WsSession<H>,
+        work: &mut Work,
+        outbound: Outbound,
+        conn: &mut tcp::Conn<H::User>,
+    ) {
         let now_ms = conn.now_ms();
+        let peer = conn.peer_addr();
         match outbound {
             Outbound::Transmit(bytes) => conn.send(bytes),
             Outbound::Upgrade(request) => {
                 let decision = catch_unwind(AssertUnwindSafe(|| self.handler.on_upgrade(&request)))
                     .unwrap_or_else(|_| {
-                        tracing::error!(peer = %s.peer, "on_upgrade panicked; answering 500");
+                        tracing::error!(%peer, "on_upgrade panicked; answering 500");
                         Err(Rejection::new(500, "internal error"))
                     });
                 let event = match decision {
@@ -303,15 +307,15 @@ impl<H: Handler> WsProtocol<H> {
                     },
                 };
                 s.request = Some(request);
-                s.pending.push_back(event);
+                work.pending.push_back(event);
             }
             Outbound::HttpRequest(request) => {
                 let response = catch_unwind(AssertUnwindSafe(|| self.handler.on_request(&request)))
                     .unwrap_or_else(|_| {
-                        tracing::error!(peer = %s.peer, "on_request panicked; answering 500");
+                        tracing::error!(%peer, "on_request panicked; answering 500");
                         HttpResponse::new(500, "text/plain; charset=utf-8", "internal error\n")
                     });
-                s.pending.push_back(Event::Respond {
+                work.pending.push_back(Event::Respond {
                     now_ms,
                     status: response.status,
                     content_type: response.content_type,
@@ -320,26 +324,29 @@ impl<H: Handler> WsProtocol<H> {
             }
             Outbound::Opened(handshake) => {
                 let request = s.request.take().map(|r| *r).unwrap_or_default();
-                let mut user_conn =
-                    Conn::new(s.peer, request, handshake.protocol, s.mailbox.clone());
+                let mut user_conn = Conn::new(peer, request, handshake.protocol, conn.mailbox());
                 match catch_unwind(AssertUnwindSafe(|| self.handler.on_init(&mut user_conn))) {
                     Ok(state) => {
                         user_conn.keep_only_target();
                         s.user = Some((state, user_conn));
-                        self.after_callback(s, now_ms, Next::Continue);
+                        self.after_callback(s, work, now_ms, Next::Continue);
                     }
                     Err(_) => {
-                        tracing::error!(peer = %s.peer, "on_init panicked; closing with {}", self.session.panic_code);
-                        s.pending.push_back(self.panic_close(now_ms));
+                        tracing::error!(%peer, "on_init panicked; closing with {}", self.session.panic_code);
+                        work.pending.push_back(self.panic_close(now_ms));
                     }
                 }
             }
             Outbound::Deliver(message) => {
-                self.call(s, now_ms, |h, state, c| {
+                self.call(s, work, now_ms, |h, state, c| {
                     h.handle(state, Incoming::Message(message), c)
                 });
             }
-            Outbound::Closed(info) => self.closed(s, info, End::Closed),
+            Outbound::Closed(info) => {
+                // Nothing reaches the handler any more: senders hear `Gone`.
+                conn.mailbox().close();
+                self.closed(s, info, End::Closed);
+            }
             Outbound::Disconnect => conn.close_with(Hangup::Linger(self.session.linger_ms)),
         }
     }
@@ -348,6 +355,7 @@ impl<H: Handler> WsProtocol<H> {
     fn call(
         &self,
         s: &mut WsSession<H>,
+        work: &mut Work,
         now_ms: u64,
         f: impl FnOnce(&H, &mut H::State, &mut Conn<H::User>) -> Next,
     ) {
@@ -355,11 +363,11 @@ impl<H: Handler> WsProtocol<H> {
             return;
         };
         match catch_unwind(AssertUnwindSafe(|| f(&self.handler, state, user_conn))) {
-            Ok(next) => self.after_callback(s, now_ms, next),
+            Ok(next) => self.after_callback(s, work, now_ms, next),
             Err(_) => {
-                tracing::error!(peer = %s.peer, "handler panicked; closing with {}", self.session.panic_code);
+                tracing::error!(peer = %user_conn.peer_addr(), "handler panicked; closing with {}", self.session.panic_code);
                 user_conn.take_actions();
-                s.pending.push_back(self.panic_close(now_ms));
+                work.pending.push_back(self.panic_close(now_ms));
             }
         }
     }
@@ -373,10 +381,10 @@ impl<H: Handler> WsProtocol<H> {
     }
 
     /// Queues what the handler asked for during its callback.
-    fn after_callback(&self, s: &mut WsSession<H>, now_ms: u64, next: Next) {
+    fn after_callback(&self, s: &mut WsSession<H>, work: &mut Work, now_ms: u64, next: Next) {
         if let Some((_, user_conn)) = &mut s.user {
             for action in user_conn.take_actions() {
-                s.pending.push_back(match action {
+                work.pending.push_back(match action {
                     Action::Send(message) => Event::Send { now_ms, message },
                     Action::Close { code, reason } => Event::Close {
                         now_ms,
@@ -387,7 +395,7 @@ impl<H: Handler> WsProtocol<H> {
             }
         }
         if next == Next::Stop {
-            s.pending.push_back(Event::Close {
+            work.pending.push_back(Event::Close {
                 now_ms,
                 code: self.session.stop_code,
                 reason: String::new(),
@@ -398,8 +406,8 @@ impl<H: Handler> WsProtocol<H> {
     /// The core reports the end: `on_close`, once. A connection cut for reading too slowly is
     /// reported with the close it was sent, not the transport's 1006.
     fn closed(&self, s: &mut WsSession<H>, mut info: CloseInfo, end: End) {
-        s.mailbox.close();
-        if let Some((state, _conn)) = s.user.take() {
+        if let Some((state, conn)) = s.user.take() {
+            conn.mailbox().close();
             if end == End::TooSlow && info.code == 1006 {
                 info = CloseInfo {
                     code: self.session.too_slow_code,
@@ -409,8 +417,40 @@ impl<H: Handler> WsProtocol<H> {
                 };
             }
             if catch_unwind(AssertUnwindSafe(|| self.handler.on_close(state, &info))).is_err() {
-                tracing::error!(peer = %s.peer, "on_close panicked");
+                tracing::error!(peer = %conn.peer_addr(), "on_close panicked");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kept() -> (usize, usize) {
+        SCRATCH.with(|c| {
+            let work = c.borrow();
+            (work.pending.capacity(), work.out.capacity())
+        })
+    }
+
+    #[test]
+    fn the_thread_scratch_comes_back_empty_and_keeps_at_most_its_bound() {
+        lend_scratch(|work| {
+            work.pending
+                .extend((0..10).map(|now_ms| Event::Tick { now_ms }));
+            work.out.extend((0..10).map(|_| Outbound::Disconnect));
+        });
+        let (pending, out) = kept();
+        assert!((10..=SCRATCH_KEEP).contains(&pending) && (10..=SCRATCH_KEEP).contains(&out));
+        lend_scratch(|work| {
+            assert!(work.pending.is_empty() && work.out.is_empty());
+            work.pending
+                .extend((0..=SCRATCH_KEEP as u64).map(|now_ms| Event::Tick { now_ms }));
+            work.out
+                .extend((0..=SCRATCH_KEEP).map(|_| Outbound::Disconnect));
+        });
+        // A burst's queues are freed rather than kept.
+        assert_eq!(kept(), (0, 0));
     }
 }

@@ -1,0 +1,199 @@
+//! A server connection's mailbox on smol: the queue other threads put user messages in, and
+//! the waker of the connection's task.
+//!
+//! One small allocation a connection (88 bytes), shared by every [`Mailbox`](crate::Mailbox)
+//! handed out and by the task that takes the messages. It replaced a smol channel, whose
+//! channel, count, sink and listener came to about 1,100 bytes a connection, most of it the
+//! channel's cache-padded queue. The queue holds no buffer while it is empty, so an idle
+//! connection that once had mail does not keep the room its busiest moment needed.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use spool_std::handler::{MailboxError, MailboxSink};
+
+/// A connection's mailbox: at most `capacity` messages wait; past it senders are told
+/// [`MailboxError::Full`], and once it is closed [`MailboxError::Gone`].
+pub(crate) struct Inbox<U> {
+    state: Mutex<State<U>>,
+    capacity: usize,
+}
+
+struct State<U> {
+    queue: VecDeque<U>,
+    /// The task to wake when a message arrives, while it waits for one.
+    waker: Option<Waker>,
+    closed: bool,
+}
+
+impl<U> Inbox<U> {
+    /// An open mailbox taking up to `capacity` messages (at least 1).
+    pub(crate) fn new(capacity: usize) -> Arc<Inbox<U>> {
+        Arc::new(Inbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                waker: None,
+                closed: false,
+            }),
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<U>> {
+        // A panic while the lock was held left the queue consistent: every step is one push or
+        // pop.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The oldest message, if one waits.
+    pub(crate) fn try_recv(&self) -> Option<U> {
+        self.lock().pop()
+    }
+
+    /// The oldest message; or, with none waiting, `Pending`, and `cx`'s task is woken when
+    /// one arrives. A closed mailbox stays pending: nothing more arrives.
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<U> {
+        let mut state = self.lock();
+        if let Some(message) = state.pop() {
+            return Poll::Ready(message);
+        }
+        if !state.closed {
+            match &mut state.waker {
+                Some(waker) => waker.clone_from(cx.waker()),
+                None => state.waker = Some(cx.waker().clone()),
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Refuses every later message, and drops those still waiting: nothing will take them.
+    pub(crate) fn close(&self) {
+        let (queue, waker) = {
+            let mut state = self.lock();
+            state.closed = true;
+            (mem::take(&mut state.queue), state.waker.take())
+        };
+        // Outside the lock: a message's drop or a waker may do anything, this mailbox included.
+        drop((queue, waker));
+    }
+
+    /// Messages waiting.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().queue.len()
+    }
+
+    /// Room the queue holds, in messages.
+    #[cfg(test)]
+    fn room(&self) -> usize {
+        self.lock().queue.capacity()
+    }
+}
+
+impl<U> State<U> {
+    fn pop(&mut self) -> Option<U> {
+        let message = self.queue.pop_front()?;
+        if self.queue.is_empty() {
+            // Emptied: the buffer goes, so an idle connection holds none.
+            self.queue = VecDeque::new();
+        }
+        Some(message)
+    }
+}
+
+impl<U: Send> MailboxSink<U> for Inbox<U> {
+    fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
+        let waker = {
+            let mut state = self.lock();
+            if state.closed {
+                return Err(MailboxError::Gone(message));
+            }
+            if state.queue.len() >= self.capacity {
+                return Err(MailboxError::Full(message));
+            }
+            state.queue.push_back(message);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        Inbox::close(self);
+    }
+}
+
+/// The task's side of its mailbox: closes it when the task ends, however it ends.
+pub(crate) struct Receiving<U>(pub(crate) Arc<Inbox<U>>);
+
+impl<U> Drop for Receiving<U> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn holds_at_most_its_capacity_and_no_buffer_once_emptied() {
+        let inbox = Inbox::new(3);
+        for i in 0..3 {
+            assert_eq!(inbox.deliver(i), Ok(()));
+        }
+        assert_eq!(inbox.deliver(3), Err(MailboxError::Full(3)));
+        assert_eq!(inbox.len(), 3);
+        assert_eq!(inbox.try_recv(), Some(0));
+        // Room again for one.
+        assert_eq!(inbox.deliver(4), Ok(()));
+        assert_eq!(inbox.deliver(5), Err(MailboxError::Full(5)));
+        assert_eq!(
+            (0..4).map(|_| inbox.try_recv()).collect::<Vec<_>>(),
+            [Some(1), Some(2), Some(4), None]
+        );
+        assert_eq!(inbox.room(), 0);
+        // A zero capacity still takes one.
+        let one = Inbox::new(0);
+        assert_eq!(one.deliver(()), Ok(()));
+        assert_eq!(one.deliver(()), Err(MailboxError::Full(())));
+    }
+
+    #[test]
+    fn wakes_a_waiting_task_once_and_refuses_after_close() {
+        let inbox = Inbox::new(8);
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Pending);
+        inbox.deliver("a").unwrap();
+        inbox.deliver("b").unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Ready("a"));
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Ready("b"));
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Pending);
+        // Closing drops what waits and refuses the rest; the task is not woken for it.
+        inbox.deliver("c").unwrap();
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        drop(Receiving(inbox.clone()));
+        assert_eq!(inbox.deliver("d"), Err(MailboxError::Gone("d")));
+        assert_eq!(inbox.try_recv(), None);
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Pending);
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+    }
+}
