@@ -38,11 +38,21 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin {
     /// The TCP stream underneath, for shutting down its write half (`poll_close` on
     /// `Async<TcpStream>` only flushes).
     fn tcp(&self) -> &TcpStream;
+
+    /// Ready when reading is worth trying, without reading. The default says at once: a TLS
+    /// stream may hold decrypted bytes of its own, so only a read can tell.
+    fn poll_readiness(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl Socket for Async<TcpStream> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref()
+    }
+
+    fn poll_readiness(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_readable(cx)
     }
 }
 
@@ -56,6 +66,13 @@ impl Socket for futures_rustls::client::TlsStream<Async<TcpStream>> {
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0.get_ref()
     }
+}
+
+/// Whether a read of `read` bytes emptied the kernel's buffer: it filled less than the scratch
+/// buffer. (For TLS, whether the stream's own buffer is empty is not known; its
+/// [`Socket::poll_readiness`] always says to read.)
+pub(crate) fn was_short(read: &Bytes) -> bool {
+    read.len() < SCRATCH_LEN
 }
 
 /// Polls one read into the thread's scratch buffer and returns a copy of the bytes read (empty
@@ -175,6 +192,21 @@ impl Deadline {
         match next {
             Some(ms) => self.timer.set_at(clock.instant(ms)),
             None => self.timer = Timer::never(),
+        }
+    }
+
+    /// Like [`Deadline::arm`], but the timer only ever moves earlier: a later deadline, or
+    /// none, leaves it where it is, to fire early. The caller must check, when it fires, whether
+    /// anything is due (and arm again). Moving an async-io timer costs a trip through the
+    /// reactor (a remove and an insert on its timer queue, a B-tree update and a notify of the
+    /// reactor thread); a connection's keep-alive deadline moves with every message it
+    /// receives, so re-arming exactly would pay that per message, where this pays it about
+    /// once per keep-alive period.
+    pub(crate) fn arm_no_later(&mut self, next: Option<u64>, clock: &Clock) {
+        match (next, self.armed) {
+            (Some(at), Some(armed)) if at < armed => self.arm(next, clock),
+            (Some(_), None) => self.arm(next, clock),
+            _ => {}
         }
     }
 

@@ -693,6 +693,14 @@ fn drive<H: tcp::Handler, S: Socket>(
         // Bytes handed to the stream that may still sit in it (TLS records not yet flushed).
         let mut unflushed = false;
         let mut user_first = false;
+        // `Some` once a read came back short, leaving the socket empty: until it is readable
+        // again, wait for readiness rather than read. async-io's own poll_read meets an empty
+        // socket with two reads that say EAGAIN (the first readiness check after a wake-up
+        // reports the readiness that woke the task); this saves both, two system calls a
+        // message in an echo. `Some(true)` until the first check, which is the stale one. Bytes
+        // that arrive meanwhile are not missed: re-arming the epoll registration reports a
+        // socket that is readable already.
+        let mut drained: Option<bool> = None;
         let mut turns = 0;
         loop {
             if let Some((hangup, _)) = slot.hangup() {
@@ -700,7 +708,8 @@ fn drive<H: tcp::Handler, S: Socket>(
                 inbox.close();
                 return Ok(hangup);
             }
-            deadline.arm(slot.deadline(handler), clock);
+            // Fires early at worst: `Wake::Deadline` below checks what is due.
+            deadline.arm_no_later(slot.deadline(handler), clock);
             if turns >= TURNS_BEFORE_YIELD {
                 turns = 0;
                 future::yield_now().await;
@@ -725,7 +734,18 @@ fn drive<H: tcp::Handler, S: Socket>(
                 if user_first && let Poll::Ready(u) = inbox.poll_recv(cx) {
                     return Poll::Ready(Wake::User(u));
                 }
-                if let Poll::Ready(r) = poll_read(stream, cx) {
+                if let Some(fresh) = drained {
+                    let mut ready = stream.poll_readiness(cx).is_ready();
+                    if ready && fresh {
+                        // async-io's first answer after a wake-up reports the readiness that
+                        // woke the task, which the short read used up; the second registers.
+                        ready = stream.poll_readiness(cx).is_ready();
+                    }
+                    drained = if ready { None } else { Some(false) };
+                }
+                if drained.is_none()
+                    && let Poll::Ready(r) = poll_read(stream, cx)
+                {
                     return Poll::Ready(Wake::Read(r));
                 }
                 if !user_first && let Poll::Ready(u) = inbox.poll_recv(cx) {
@@ -744,7 +764,10 @@ fn drive<H: tcp::Handler, S: Socket>(
                         slot.deadline_passed(handler, now, out);
                     }
                 }
-                Wake::Read(Ok(bytes)) if !bytes.is_empty() => slot.data(handler, bytes, now, out),
+                Wake::Read(Ok(bytes)) if !bytes.is_empty() => {
+                    drained = crate::io::was_short(&bytes).then_some(true);
+                    slot.data(handler, bytes, now, out);
+                }
                 Wake::Read(_) => return Err(End::PeerGone),
                 Wake::User(message) => {
                     slot.user(handler, message, now, out);

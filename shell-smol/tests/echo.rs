@@ -519,6 +519,41 @@ fn the_core_ping_interval_reaches_the_client() {
 }
 
 #[test]
+fn traffic_pushes_the_idle_deadline_later_and_the_close_still_comes_on_time() {
+    // The server's connection timer only ever moves earlier: while messages keep pushing the
+    // 300 ms idle deadline later, it fires early, finds nothing due and re-arms. The
+    // connection must live through 900 ms of traffic, then close about 300 ms after it stops.
+    let config = ws::Config {
+        idle_timeout_ms: Some(300),
+        ..ws::Config::default()
+    };
+    let echo = Echo::default();
+    let server = Server::new(echo.clone()).config(config).start().unwrap();
+    let url = format!("ws://{}/", server.local_addr());
+    let quiet_from = smol::block_on(async {
+        let mut client = Client::connect(&url, ws::Config::default()).await.unwrap();
+        for i in 0..9 {
+            smol::Timer::after(Duration::from_millis(100)).await;
+            client.send(Message::text(format!("{i}"))).await.unwrap();
+            assert_eq!(client.recv().await.unwrap(), Message::text(format!("{i}")));
+        }
+        let quiet_from = std::time::Instant::now();
+        // The server's close arrives, and nothing else.
+        let end = client.recv().await;
+        assert!(end.is_err(), "{end:?}");
+        quiet_from
+    });
+    let closes = echo.wait_closes(1);
+    assert_eq!(closes[0].code, 1001, "{closes:?}");
+    let waited = quiet_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "{waited:?}"
+    );
+    server.shutdown();
+}
+
+#[test]
 fn client_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Client>();
