@@ -1,9 +1,9 @@
-//! Heap bytes a spool-smol WebSocket server keeps per idle connection, counted exactly by a
-//! counting global allocator (resident memory also counts allocator slack and the process's
-//! fixed costs; this counts what the server asked for).
+//! Heap bytes a spool WebSocket server keeps per idle connection, on either shell, counted
+//! exactly by a counting global allocator (resident memory also counts allocator slack and the
+//! process's fixed costs; this counts what the server asked for).
 //!
 //! ```text
-//! cargo run --release -p spool-smol --example conn_heap -- [CONNECTIONS=2000]
+//! cargo run --release -p spool-tests --bin conn_heap -- [std|smol] [CONNECTIONS=2000]
 //! ```
 //! Opens CONNECTIONS raw TCP connections to an in-process echo server, completes each
 //! handshake, lets one message go each way on every connection, and prints the live heap
@@ -15,7 +15,9 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use spool_smol::{Conn, Handler, Incoming, Next, Server};
+use std::net::SocketAddr;
+
+use spool_std::{Conn, Handler, Incoming, Next};
 
 struct Counting;
 
@@ -64,17 +66,44 @@ impl Handler for Echo {
     }
 }
 
+/// A running server on either shell, to stop at the end.
+enum Running {
+    Std(spool_std::ServerHandle),
+    Smol(spool_smol::ServerHandle),
+}
+
+fn start(shell: &str) -> (Running, SocketAddr) {
+    match shell {
+        "smol" => {
+            let server = spool_smol::Server::new(Echo)
+                .bind("127.0.0.1:0")
+                .threads(2)
+                .start()
+                .expect("spool-smol server");
+            let addr = server.local_addr();
+            (Running::Smol(server), addr)
+        }
+        _ => {
+            let server = spool_std::Server::new(Echo)
+                .bind("127.0.0.1:0")
+                .threads(2)
+                .start()
+                .expect("spool-std server");
+            let addr = server.local_addr();
+            (Running::Std(server), addr)
+        }
+    }
+}
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(2000);
-    let server = Server::new(Echo)
-        .bind("127.0.0.1:0")
-        .threads(2)
-        .start()
-        .unwrap();
-    let addr = server.local_addr();
+    let mut args = std::env::args().skip(1);
+    let shell = match args.next().as_deref() {
+        Some("smol") => "smol",
+        Some("std") | None => "std",
+        Some(other) => panic!("unknown shell {other}: std or smol"),
+    };
+    let n: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(2000);
+    let (server, addr) = start(shell);
     std::thread::sleep(Duration::from_millis(200));
     let open = |count: usize| -> Vec<TcpStream> {
         (0..count)
@@ -122,7 +151,7 @@ fn main() {
         }
     }
     println!(
-        "spool-smol: {n} idle connections: {per:.0} heap bytes each (client sockets of this process included: {} bytes each for the Vec of streams)",
+        "spool-{shell}: {n} idle connections: {per:.0} heap bytes each (client sockets of this process included: {} bytes each for the Vec of streams)",
         std::mem::size_of::<TcpStream>()
     );
     println!(
@@ -131,5 +160,8 @@ fn main() {
     );
     drop(held);
     drop(warm);
-    server.shutdown();
+    match server {
+        Running::Std(s) => s.shutdown(),
+        Running::Smol(s) => s.shutdown(),
+    }
 }
