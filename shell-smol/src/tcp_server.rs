@@ -845,17 +845,9 @@ fn hang_up<S: Socket>(
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
 
     use super::*;
-
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    use crate::inbox::Count;
 
     /// The size of the future `f` would return, without calling it.
     fn future_size<F: Future>(_: impl FnOnce() -> F) -> usize {
