@@ -253,6 +253,32 @@ fn masked_text_split_anywhere_is_delivered_once() {
 }
 
 #[test]
+fn a_read_of_more_whole_messages_than_one_run_takes_delivers_them_all_in_order() {
+    // The receive path takes at most WHOLE_RUN (64) whole messages a run; past that it starts
+    // another run on the same read. 200 messages, and a ping in the middle of the third run.
+    let mut ws = open_server(no_deflate());
+    let mut wire = Vec::new();
+    for i in 0..200u32 {
+        if i == 150 {
+            wire.extend_from_slice(&client_frame(9, b"p"));
+        }
+        wire.extend_from_slice(&client_frame(1, i.to_string().as_bytes()));
+    }
+    let out = receive(&mut ws, 1, wire);
+    let delivered: Vec<Message> = out
+        .iter()
+        .filter_map(|o| match o {
+            Outbound::Deliver(m) => Some(m.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut expected: Vec<Message> = (0..200u32).map(|i| Message::text(i.to_string())).collect();
+    expected.insert(150, Message::Ping(Bytes::from_static(b"p")));
+    assert_eq!(delivered, expected);
+    assert_eq!(transmits(&out), [0x8A, 1, b'p']);
+}
+
+#[test]
 fn fragments_with_a_ping_between_them_reassemble() {
     let mut ws = open_server(no_deflate());
     let mut wire = test_frame(false, false, 1, "κό".as_bytes(), M).to_vec();
