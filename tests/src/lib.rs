@@ -1,7 +1,9 @@
-//! Helpers shared by spool's cross-crate tests: an echo handler for both shells' servers, and
-//! the way to find the Python peer that `.ci/test` installs.
+//! Helpers shared by spool's cross-crate tests: an echo handler for both shells' servers, the
+//! way to find the Python peer that `.ci/test` installs, and the codec benchmarks' harness.
 
 use std::path::PathBuf;
+
+pub mod codec;
 
 use spool_core::ws::{self, Message};
 use spool_std::{Conn, Handler, Incoming, Next};

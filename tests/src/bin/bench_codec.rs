@@ -9,118 +9,17 @@
 //! N and 2N and takes the difference, so start-up costs cancel out.
 
 use std::hint::black_box;
-use std::io::{self, Read, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
-use spool_core::ws::{Config, Connection, Event, Message, Outbound};
-
-const REQUEST: &str = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-
-/// `count` masked binary frames of `len` bytes, back to back.
-fn masked_frames(len: usize, count: usize) -> Vec<u8> {
-    let key = [0x11, 0x22, 0x33, 0x44];
-    let mut wire = Vec::new();
-    for i in 0..count {
-        wire.push(0x82);
-        match len {
-            0..=125 => wire.push(0x80 | len as u8),
-            126..=65535 => {
-                wire.push(0x80 | 126);
-                wire.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                wire.push(0x80 | 127);
-                wire.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        wire.extend_from_slice(&key);
-        wire.extend((0..len).map(|j| ((i + j) as u8) ^ key[j % 4]));
-    }
-    wire
-}
-
-/// Bytes served round and round, writes swallowed: the codecs' socket.
-struct Replay {
-    data: Vec<u8>,
-    at: usize,
-}
-
-/// Copies in 1 KiB pieces, as spool's harness does: the simulated socket copy then costs every
-/// codec the same instructions a byte under callgrind, whatever size its reader asks for.
-fn copy_in_pieces(to: &mut [u8], from: &[u8]) {
-    for (t, f) in to.chunks_mut(1024).zip(from.chunks(1024)) {
-        t.copy_from_slice(f);
-    }
-}
-
-impl Read for Replay {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = buf.len().min(self.data.len() - self.at);
-        copy_in_pieces(&mut buf[..n], &self.data[self.at..self.at + n]);
-        self.at = (self.at + n) % self.data.len();
-        Ok(n)
-    }
-}
-
-impl Write for Replay {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl tokio::io::AsyncRead for Replay {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let n = buf.remaining().min(self.data.len() - self.at);
-        let at = self.at;
-        let data = &self.data[at..at + n];
-        for piece in data.chunks(1024) {
-            buf.put_slice(piece);
-        }
-        self.at = (at + n) % self.data.len();
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl tokio::io::AsyncWrite for Replay {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Poll::Ready(Ok(buf.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
-fn spool_server() -> Connection {
-    let mut ws = Connection::server(Config::default()).expect("config");
-    ws.handle(Event::Receive {
-        now_ms: 0,
-        bytes: Bytes::from_static(REQUEST.as_bytes()),
-    });
-    ws.handle(Event::Accept { now_ms: 0 });
-    ws
-}
+use spool_core::ws::{Event, Message, Outbound};
+use spool_tests::codec::{Replay, masked_frames, per_batch, read_into_bytes, spool_server};
 
 #[inline(never)]
 fn decode(codec: &str, len: usize, n: usize) {
-    let per_read = (65536 / len).max(1);
+    let per_read = per_batch(len);
     let wire = masked_frames(len, per_read);
     let frame = wire.len() / per_read;
     match codec {
@@ -131,14 +30,7 @@ fn decode(codec: &str, len: usize, n: usize) {
             while left > 0 {
                 let m = left.min(per_read);
                 out.clear();
-                // The shell copies each read into fresh `Bytes`; so does this, in 1 KiB pieces
-                // as the other codecs' readers copy: callgrind counts one large memcpy (rep
-                // movsb) an instruction a byte, a vectorised small one about one in eight.
-                let mut read = Vec::with_capacity(m * frame);
-                for piece in wire[..m * frame].chunks(1024) {
-                    read.extend_from_slice(piece);
-                }
-                let bytes = Bytes::from(read);
+                let bytes = read_into_bytes(&wire[..m * frame]);
                 ws.handle_into(Event::Receive { now_ms: 1, bytes }, &mut out);
                 let delivered = out
                     .iter()
@@ -151,14 +43,13 @@ fn decode(codec: &str, len: usize, n: usize) {
         }
         "tungstenite" => {
             use tungstenite::protocol::{Role, WebSocket};
-            let mut ws =
-                WebSocket::from_raw_socket(Replay { data: wire, at: 0 }, Role::Server, None);
+            let mut ws = WebSocket::from_raw_socket(Replay::new(wire), Role::Server, None);
             for _ in 0..n {
                 black_box(ws.read().expect("a message"));
             }
         }
         "tokio-websockets" => {
-            let mut ws = tokio_websockets::ServerBuilder::new().serve(Replay { data: wire, at: 0 });
+            let mut ws = tokio_websockets::ServerBuilder::new().serve(Replay::new(wire));
             let mut cx = Context::from_waker(Waker::noop());
             for _ in 0..n {
                 match Pin::new(&mut ws).poll_next(&mut cx) {
@@ -175,7 +66,7 @@ fn decode(codec: &str, len: usize, n: usize) {
 
 #[inline(never)]
 fn encode(codec: &str, len: usize, n: usize) {
-    let per_write = (65536 / len).max(1);
+    let per_write = per_batch(len);
     let payload = Bytes::from(vec![7u8; len]);
     match codec {
         "spool" => {
@@ -193,10 +84,7 @@ fn encode(codec: &str, len: usize, n: usize) {
         }
         "tungstenite" => {
             use tungstenite::protocol::{Role, WebSocket};
-            let sink = Replay {
-                data: vec![0],
-                at: 0,
-            };
+            let sink = Replay::sink();
             let mut ws = WebSocket::from_raw_socket(sink, Role::Server, None);
             for i in 0..n {
                 ws.write(tungstenite::Message::Binary(payload.clone()))
@@ -208,10 +96,7 @@ fn encode(codec: &str, len: usize, n: usize) {
             ws.flush().expect("flush");
         }
         "tokio-websockets" => {
-            let sink = Replay {
-                data: vec![0],
-                at: 0,
-            };
+            let sink = Replay::sink();
             let mut ws = tokio_websockets::ServerBuilder::new().serve(sink);
             let mut cx = Context::from_waker(Waker::noop());
             for i in 0..n {

@@ -992,7 +992,7 @@ fn codec(env: &Env, root: &Path, table: &mut Table) -> Result<(), String> {
     let (warm, measure) = if env.quick { ("0.5", "1") } else { ("1", "3") };
     let status = Command::new("cargo")
         .current_dir(root)
-        .args(["bench", "-q", "-p", "spool-core", "--bench", "ws", "--"])
+        .args(["bench", "-q", "-p", "spool-tests", "--bench", "codec", "--"])
         .args([
             "--warm-up-time",
             warm,
