@@ -40,6 +40,30 @@ pub fn upgrade_response(head: &[u8]) -> Upgrade {
     }
 }
 
+/// The tokio peers' server: one thread, one current-thread runtime, each accepted connection a
+/// local task running `serve`. Binds 127.0.0.1 on the port of the command line.
+pub fn serve_on_one_thread<F, Fut>(name: &str, serve: F) -> std::io::Result<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: std::future::Future + 'static,
+{
+    let port = port_arg(name);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let task = serve(stream);
+            tokio::task::spawn_local(async move {
+                task.await;
+            });
+        }
+    })
+}
+
 /// The port from the first argument; exits with a usage line otherwise.
 pub fn port_arg(name: &str) -> u16 {
     match std::env::args().nth(1).and_then(|p| p.parse().ok()) {

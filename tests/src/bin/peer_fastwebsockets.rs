@@ -3,9 +3,9 @@
 //! and binary message is sent back, pings answered and closes returned by the library.
 
 use fastwebsockets::{FragmentCollector, OpCode, Role, WebSocket};
-use spool_tests::peer::{Upgrade, port_arg, upgrade_response};
+use spool_tests::peer::{Upgrade, serve_on_one_thread, upgrade_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 async fn serve(mut stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> {
     stream.set_nodelay(true)?;
@@ -43,18 +43,7 @@ async fn serve(mut stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> 
 }
 
 fn main() -> std::io::Result<()> {
-    let port = port_arg("peer_fastwebsockets");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::task::spawn_local(async move {
-                let _ = serve(stream).await;
-            });
-        }
+    serve_on_one_thread("peer_fastwebsockets", |stream| async move {
+        let _ = serve(stream).await;
     })
 }

@@ -8,8 +8,8 @@
 use std::rc::Rc;
 
 use futures_util::{SinkExt, StreamExt};
-use spool_tests::peer::{Channel, channel_message, port_arg};
-use tokio::net::{TcpListener, TcpStream};
+use spool_tests::peer::{Channel, channel_message, serve_on_one_thread};
+use tokio::net::TcpStream;
 use tokio::sync::broadcast;
 use tokio_websockets::{Message, ServerBuilder};
 
@@ -57,21 +57,12 @@ async fn serve(
 }
 
 fn main() -> std::io::Result<()> {
-    let port = port_arg("peer_tokio_fanout");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
     let (hub, _) = broadcast::channel(4096);
     let hub = Rc::new(hub);
-    local.block_on(&runtime, async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let hub = hub.clone();
-            tokio::task::spawn_local(async move {
-                let _ = serve(stream, hub).await;
-            });
+    serve_on_one_thread("peer_tokio_fanout", move |stream| {
+        let hub = hub.clone();
+        async move {
+            let _ = serve(stream, hub).await;
         }
     })
 }

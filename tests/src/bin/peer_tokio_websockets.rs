@@ -2,8 +2,8 @@
 //! Every text and binary message is sent back; the library answers pings and closes.
 
 use futures_util::{SinkExt, StreamExt};
-use spool_tests::peer::port_arg;
-use tokio::net::{TcpListener, TcpStream};
+use spool_tests::peer::serve_on_one_thread;
+use tokio::net::TcpStream;
 use tokio_websockets::ServerBuilder;
 
 async fn serve(stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> {
@@ -19,18 +19,7 @@ async fn serve(stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn main() -> std::io::Result<()> {
-    let port = port_arg("peer_tokio_websockets");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&runtime, async move {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await?;
-        loop {
-            let (stream, _) = listener.accept().await?;
-            tokio::task::spawn_local(async move {
-                let _ = serve(stream).await;
-            });
-        }
+    serve_on_one_thread("peer_tokio_websockets", |stream| async move {
+        let _ = serve(stream).await;
     })
 }
