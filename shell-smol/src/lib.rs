@@ -7,7 +7,8 @@
 //! itself (frames, handshakes, close codes, timeouts) is the core's.
 //!
 //! - [`TcpServer`]: glisten-shaped, an acceptor pool over executor threads, each thread running
-//!   its connections on a local executor that also drives the I/O reactor, for any protocol
+//!   its connections on a local executor that also drives the I/O reactor (plain connection
+//!   sockets sit on an edge-triggered poller of the thread's own), for any protocol
 //!   over TCP or TLS ([`tcp::Handler`]); bounded send queues and mailboxes, a connection limit
 //!   ([`ServerLimits`]).
 //! - [`Server`]: the WebSocket server, which is [`TcpServer`] running [`WsProtocol`]:
@@ -23,6 +24,7 @@ pub mod chat;
 pub mod cli_client;
 mod client;
 pub mod cluster_bus;
+mod edge;
 mod inbox;
 mod io;
 pub mod live_demo;

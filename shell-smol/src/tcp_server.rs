@@ -44,6 +44,7 @@ use spool_std::ServerLimits;
 use spool_std::handler::{Mailbox, StartError};
 use spool_std::tcp::{self, End, Hangup, Slot};
 
+use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
 use crate::io::{Clock, Deadline, Outgoing, Socket, drain_until_eof, poll_read, poll_write};
 
@@ -347,6 +348,12 @@ fn run_thread<H: tcp::Handler>(
         })
         .collect();
     drop((ready, live));
+    // Plain connections' sockets go on the thread's own edge-triggered poller (see `edge`);
+    // without one they stay on async-io's, which costs more per message but works the same.
+    match edge::install() {
+        Ok(pump) => executor.spawn(pump).detach(),
+        Err(e) => tracing::warn!("no edge-triggered poller on this thread: {e}"),
+    }
     smol::block_on(executor.run(async {
         let _ = stopped.recv().await;
         signal.fire();
@@ -503,7 +510,16 @@ async fn serve<H: tcp::Handler>(accepted: &mut Accepted<H>) {
     // Writes are whole frames in one vectored write: Nagle would only delay them.
     let _ = stream.get_ref().set_nodelay(true);
     match &shared.tls {
-        None => run(shared, stream, peer, false, stop).await,
+        None if !edge::installed() => run(shared, stream, peer, false, stop).await,
+        None => {
+            let Some(stream) = accepted.stream.take() else {
+                return;
+            };
+            match EdgeStream::adopt(stream) {
+                Ok(mut stream) => run(shared, &mut stream, peer, false, stop).await,
+                Err(e) => tracing::warn!(%peer, "cannot watch the socket: {e}"),
+            }
+        }
         // Boxed, so that a plain connection's task is not sized for a TLS session.
         Some(acceptor) => {
             let Some(stream) = accepted.stream.take() else {

@@ -33,6 +33,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::clock::Clock;
+use crate::direct::{Direct, recv};
 use crate::handler::{Mailbox, MailboxError, MailboxSink, StartError};
 use crate::outgoing::{MAX_IOVECS, Outgoing};
 use crate::tcp::{self, End, Hangup, Slot};
@@ -1070,46 +1071,6 @@ impl<H: tcp::Handler> Loop<H> {
                 None => self.remove(key, End::Shutdown),
             }
         }
-    }
-}
-
-/// One `recv` straight to the kernel. std's goes through libc's wrapper, which makes every call
-/// a thread-cancellation point: two more calls into libc each time, for a feature Rust never
-/// uses. On the echo path that was as much CPU as the loop's own bookkeeping.
-fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
-    let (read, _) = rustix::net::recv(socket, buf, rustix::net::RecvFlags::empty())?;
-    Ok(read)
-}
-
-/// A socket written straight to the kernel, as [`recv`] reads it, and with `send`/`sendmsg`
-/// rather than `write`/`writev`: those enter through the file layer (position lock, access
-/// checks, change notification), which a socket does not need; on loopback echo that was
-/// about 3% of the server's time.
-struct Direct<'a>(&'a TcpStream);
-
-impl Write for Direct<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        Ok(rustix::net::send(
-            self.0,
-            buf,
-            rustix::net::SendFlags::NOSIGNAL,
-        )?)
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if let [one] = bufs {
-            return self.write(one);
-        }
-        Ok(rustix::net::sendmsg(
-            self.0,
-            bufs,
-            &mut rustix::net::SendAncillaryBuffer::default(),
-            rustix::net::SendFlags::NOSIGNAL,
-        )?)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ pub mod channels;
 mod client;
 pub mod clock;
 pub mod cluster;
+pub mod direct;
 mod event_loop;
 pub mod handler;
 pub mod late;

@@ -1,0 +1,399 @@
+//! The server's connection sockets on an edge-triggered poller of each executor thread's own.
+//!
+//! async-io registers a socket one-shot: every time a task waits for it, the registration is
+//! armed again, one `epoll_ctl` a message on a busy connection, plus a trip through the
+//! reactor's locks. Here every executor thread has one more epoll instance (mio's), with its
+//! connection sockets registered once, edge-triggered, for reads and writes. That instance's
+//! own descriptor is what async-io watches: one wake-up of the thread's [`pump`] task reports
+//! every socket that became ready since the last, whatever their number, and re-arms one
+//! registration.
+//!
+//! A socket's readiness is two flags. An edge sets them and wakes whoever waits; a read that
+//! comes back short (the kernel had less than was asked) or says `WouldBlock` clears the read
+//! flag, a write that says `WouldBlock` clears the write flag, and until an edge sets them
+//! again nobody calls the kernel for that socket. The pump and the connections run on the same
+//! thread, so no edge can slip in between a read and the clearing of its flag: an edge for
+//! bytes that arrive later is still queued in the epoll instance when the flag is cleared.
+
+use std::cell::{OnceCell, RefCell};
+use std::io::{self, IoSlice};
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Token};
+use slab::Slab;
+use smol::Async;
+use spool_std::direct::{recv, send_vectored};
+
+use crate::io::Socket;
+
+/// Readiness events one turn of the pump takes from the kernel; more wait for another turn.
+const EVENTS_PER_TURN: usize = 1024;
+
+thread_local! {
+    static EDGE: OnceCell<Rc<Edge>> = const { OnceCell::new() };
+}
+
+/// One executor thread's poller and the readiness of its sockets.
+pub(crate) struct Edge {
+    poll: RefCell<mio::Poll>,
+    events: RefCell<Events>,
+    /// The same epoll instance, as async-io sees it: readable when a socket has an edge.
+    watch: Async<mio::Registry>,
+    /// One entry a registered socket (at most the server's connection limit).
+    sockets: RefCell<Slab<Readiness>>,
+}
+
+#[derive(Default)]
+struct Readiness {
+    readable: bool,
+    writable: bool,
+    reader: Option<Waker>,
+    writer: Option<Waker>,
+}
+
+/// Gives this thread its poller and returns the task that must run on the thread's executor
+/// for as long as sockets are registered on it.
+///
+/// # Errors
+/// When the poller cannot be created or watched.
+pub(crate) fn install() -> io::Result<impl Future<Output = ()>> {
+    let poll = mio::Poll::new()?;
+    let watch = Async::new(poll.registry().try_clone()?)?;
+    let edge = Rc::new(Edge {
+        poll: RefCell::new(poll),
+        events: RefCell::new(Events::with_capacity(EVENTS_PER_TURN)),
+        watch,
+        sockets: RefCell::new(Slab::new()),
+    });
+    EDGE.with(|cell| {
+        let _ = cell.set(edge.clone());
+    });
+    Ok(pump(edge))
+}
+
+/// Whether this thread has its poller ([`install`]).
+pub(crate) fn installed() -> bool {
+    EDGE.with(|cell| cell.get().is_some())
+}
+
+/// Hands every edge to the sockets it names, each time async-io says there are some.
+async fn pump(edge: Rc<Edge>) {
+    loop {
+        if let Err(e) = edge.watch.readable().await {
+            tracing::error!("cannot watch the connection poller: {e}; retrying in 10 ms");
+            smol::Timer::after(Duration::from_millis(10)).await;
+        }
+        edge.turn();
+    }
+}
+
+impl Edge {
+    /// Takes what the kernel has, without waiting, and wakes whom it concerns.
+    fn turn(&self) {
+        let mut poll = self.poll.borrow_mut();
+        let mut events = self.events.borrow_mut();
+        loop {
+            if let Err(e) = poll.poll(&mut events, Some(Duration::ZERO)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!("connection poller failed: {e}");
+                return;
+            }
+            let mut sockets = self.sockets.borrow_mut();
+            let mut taken = 0;
+            for event in events.iter() {
+                taken += 1;
+                let Some(socket) = sockets.get_mut(event.token().0) else {
+                    continue;
+                };
+                // A hang-up or an error is for the next read or write to find.
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
+                    socket.readable = true;
+                    if let Some(waker) = socket.reader.take() {
+                        waker.wake();
+                    }
+                }
+                if event.is_writable() || event.is_write_closed() || event.is_error() {
+                    socket.writable = true;
+                    if let Some(waker) = socket.writer.take() {
+                        waker.wake();
+                    }
+                }
+            }
+            if taken < EVENTS_PER_TURN {
+                return;
+            }
+        }
+    }
+}
+
+/// A connection socket registered with its thread's [`Edge`].
+pub(crate) struct EdgeStream {
+    socket: TcpStream,
+    key: usize,
+    edge: Rc<Edge>,
+}
+
+impl EdgeStream {
+    /// Moves a socket from async-io to this thread's poller.
+    ///
+    /// # Errors
+    /// When the thread has no poller ([`install`]) or the socket cannot be registered.
+    pub(crate) fn adopt(stream: Async<TcpStream>) -> io::Result<EdgeStream> {
+        let edge = EDGE
+            .with(|cell| cell.get().cloned())
+            .ok_or_else(|| io::Error::other("no connection poller on this thread"))?;
+        let socket = stream.into_inner()?;
+        socket.set_nonblocking(true)?;
+        // Edge-triggered: bytes already there are no edge, so both start ready.
+        let key = edge.sockets.borrow_mut().insert(Readiness {
+            readable: true,
+            writable: true,
+            ..Readiness::default()
+        });
+        let registered = edge.poll.borrow().registry().register(
+            &mut SourceFd(&socket.as_raw_fd()),
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        if let Err(e) = registered {
+            edge.sockets.borrow_mut().remove(key);
+            return Err(e);
+        }
+        Ok(EdgeStream { socket, key, edge })
+    }
+
+    fn readiness<R>(&self, f: impl FnOnce(&mut Readiness) -> R) -> R {
+        let mut sockets = self.edge.sockets.borrow_mut();
+        // Present for as long as this stream: inserted by `adopt`, removed by `drop`.
+        let mut gone = Readiness::default();
+        f(sockets.get_mut(self.key).unwrap_or(&mut gone))
+    }
+
+    /// Not readable until the next edge; `cx` is woken by it.
+    fn wait_readable(&self, cx: &Context<'_>) {
+        self.readiness(|r| {
+            r.readable = false;
+            set_waker(&mut r.reader, cx);
+        });
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) => waker.clone_from(cx.waker()),
+        None => *slot = Some(cx.waker().clone()),
+    }
+}
+
+impl Drop for EdgeStream {
+    fn drop(&mut self) {
+        let _ = self
+            .edge
+            .poll
+            .borrow()
+            .registry()
+            .deregister(&mut SourceFd(&self.socket.as_raw_fd()));
+        self.edge.sockets.borrow_mut().try_remove(self.key);
+    }
+}
+
+impl AsyncRead for EdgeStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        loop {
+            if !self.readiness(|r| r.readable) {
+                self.wait_readable(cx);
+                return Poll::Pending;
+            }
+            match recv(&self.socket, buf) {
+                Ok(n) => {
+                    if n > 0 && n < buf.len() {
+                        // Short: the kernel had no more. Later bytes are a new edge.
+                        self.readiness(|r| r.readable = false);
+                    }
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.wait_readable(cx);
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for EdgeStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if !self.readiness(|r| r.writable) {
+                self.readiness(|r| set_waker(&mut r.writer, cx));
+                return Poll::Pending;
+            }
+            match send_vectored(&self.socket, bufs) {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readiness(|r| {
+                        r.writable = false;
+                        set_waker(&mut r.writer, cx);
+                    });
+                    return Poll::Pending;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    /// Flushes only, as async-io's stream does; [`Socket::tcp`] shuts the write half down.
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Socket for EdgeStream {
+    fn tcp(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    fn poll_readiness(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.readiness(|r| r.readable) {
+            return Poll::Ready(Ok(()));
+        }
+        self.readiness(|r| set_waker(&mut r.reader, cx));
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use smol::LocalExecutor;
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::thread;
+
+    /// A connected pair: the server end adopted by this thread's poller, the client end plain.
+    fn pair() -> (Async<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (Async::new(server).expect("async"), client)
+    }
+
+    #[test]
+    fn reads_wait_for_the_next_edge_and_writes_for_room() {
+        let executor = LocalExecutor::new();
+        executor.spawn(install().expect("install")).detach();
+        let test = async {
+            let (server, mut client) = pair();
+            // Bytes sent before the socket was adopted are no edge: read at once anyway.
+            client.write_all(b"early").expect("write");
+            let mut stream = EdgeStream::adopt(server).expect("adopt");
+            assert_eq!(
+                EDGE.with(|e| e.get().map(|e| e.sockets.borrow().len())),
+                Some(1)
+            );
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], b"early");
+            // That read was short, so the socket is known empty: the next read waits for an
+            // edge, which bytes sent from another thread later make.
+            let writer = thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                client.write_all(b"late").expect("write");
+                client
+            });
+            let n = stream.read(&mut buf).await.expect("read");
+            assert_eq!(&buf[..n], b"late");
+            let mut client = writer.join().expect("writer");
+
+            // Fill the socket until the kernel takes no more: the write waits for room, which
+            // the peer's reading makes (a write edge), and then completes.
+            let chunk = vec![7u8; 64 * 1024];
+            let mut sent = 0usize;
+            let full = loop {
+                let wrote = futures_lite::future::poll_once(stream.write(&chunk)).await;
+                match wrote {
+                    Some(Ok(n)) => sent += n,
+                    Some(Err(e)) => panic!("write failed: {e}"),
+                    None => break true,
+                }
+                assert!(sent < 64 << 20, "the socket never filled");
+            };
+            assert!(full);
+            let reader = thread::spawn(move || {
+                let mut sink = vec![0u8; 1 << 16];
+                let mut total = 0usize;
+                while let Ok(n) = client.read(&mut sink) {
+                    if n == 0 {
+                        break;
+                    }
+                    total += n;
+                }
+                total
+            });
+            stream.write_all(&chunk).await.expect("write after room");
+            sent += chunk.len();
+            stream
+                .tcp()
+                .shutdown(std::net::Shutdown::Write)
+                .expect("shutdown");
+            // Dropping the stream takes it out of the thread's poller.
+            drop(stream);
+            assert_eq!(
+                EDGE.with(|e| e.get().map(|e| e.sockets.borrow().len())),
+                Some(0)
+            );
+            assert_eq!(reader.join().expect("reader"), sent);
+        };
+        // A lost wake-up would hang the test; this makes it a failure instead.
+        let timeout = async {
+            smol::Timer::after(Duration::from_secs(20)).await;
+            panic!("a read or write was never woken");
+        };
+        smol::block_on(executor.run(futures_lite::future::or(test, timeout)));
+    }
+
+    #[test]
+    fn a_thread_without_a_poller_says_so() {
+        let (server, _client) = thread::spawn(pair).join().expect("pair");
+        let adopted = thread::spawn(move || EdgeStream::adopt(server).map(|_| ()))
+            .join()
+            .expect("thread");
+        assert!(adopted.is_err());
+    }
+}
