@@ -5,7 +5,8 @@
 //! Each executor thread runs a `LocalExecutor` under `smol::block_on`, which drives the
 //! async-io reactor on that thread whenever it would otherwise park. A connection runs on the
 //! thread whose acceptor took it, so its reads, timers, mailbox and handler calls stay on one
-//! thread.
+//! thread. Plain connection sockets sit on the thread's own edge-triggered poller ([`edge`]),
+//! registered once, rather than on async-io's one-shot registrations.
 //!
 //! A connection's task waits on everything at once: bytes from the peer (to
 //! [`Slot::data`]), its mailbox, a bounded queue (to [`Slot::user`]), one timer at the

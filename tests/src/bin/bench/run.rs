@@ -385,7 +385,7 @@ pub fn run(flags: &Flags) -> Result<(), String> {
         node_dir: flag(flags, "node-dir", root.join("tests/node"))?,
         logs,
         quick,
-        runs: flag(flags, "runs", if quick { 1 } else { 2 })?,
+        runs: flag(flags, "runs", if quick { 1 } else { 3 })?,
         process: 0,
     };
     let mut table = Table::default();
@@ -467,13 +467,20 @@ fn echo_specs(env: &Env) -> Vec<Spec> {
 
 fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
     let (secs, warmup) = if env.quick { (2.0, 0.5) } else { (5.0, 1.0) };
-    for spec in echo_specs(env) {
-        for len in [1024usize, 16] {
-            let size = if len == 1024 { "1 KiB" } else { "16 B" };
-            let mut figures: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
-            let mut starved = false;
-            for run in 0..env.runs {
-                let (server, port) = start_server(env, &spec, &format!("echo-{len}-{run}"))?;
+    let specs = echo_specs(env);
+    let size_name = |len: usize| if len == 1024 { "1 KiB" } else { "16 B" };
+    // Per (server, message size): each figure's values over the runs, and whether any run was
+    // starved of CPU.
+    type Figures = BTreeMap<&'static str, Vec<f64>>;
+    let mut figures: BTreeMap<(usize, usize), Figures> = BTreeMap::new();
+    let mut starved: BTreeMap<(usize, usize), bool> = BTreeMap::new();
+    // Round robin: run r of every server before run r + 1 of any, so that a machine whose speed
+    // drifts during the section moves every column alike and the ratios stay fair.
+    for run in 0..env.runs {
+        for (index, spec) in specs.iter().enumerate() {
+            for len in [1024usize, 16] {
+                let size = size_name(len);
+                let (server, port) = start_server(env, spec, &format!("echo-{len}-{run}"))?;
                 let pid = server.0.id();
                 let args: Vec<String> = [
                     "echo",
@@ -505,6 +512,7 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                 };
                 eprintln!("  {} {line}", col_name(spec.col));
                 let v = values(&line);
+                let mine = figures.entry((index, len)).or_default();
                 for key in [
                     "rtps",
                     "cpu_us_per_rt",
@@ -514,12 +522,13 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                     "writes_per_rt",
                 ] {
                     if let Some(x) = v.get(key) {
-                        figures.entry(key).or_default().push(*x);
+                        mine.entry(key).or_default().push(*x);
                     }
                 }
                 // A closed loop keeps one side busy; when neither is, others took the cores.
                 let pct = |k: &str| v.get(k).copied().unwrap_or(0.0);
-                starved |= pct("server_cpu_pct") < 70.0 && pct("load_cpu_pct") < 70.0;
+                *starved.entry((index, len)).or_default() |=
+                    pct("server_cpu_pct") < 70.0 && pct("load_cpu_pct") < 70.0;
                 if v.get("load_cpu_pct").is_some_and(|p| *p > 95.0) {
                     table.notes.push(format!(
                         "- echo {size} on {}: the load generator used {:.0}% of its core",
@@ -528,50 +537,60 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                     ));
                 }
             }
-            let rows = [
-                (
-                    "rtps",
-                    format!("echo {size}: round trips/s"),
-                    Better::Higher,
-                ),
-                (
-                    "cpu_us_per_rt",
-                    format!("echo {size}: server CPU per round trip (us)"),
-                    Better::Lower,
-                ),
-                (
-                    "p50_us",
-                    format!("echo {size}: p50 latency (us)"),
-                    Better::Lower,
-                ),
-                (
-                    "p99_us",
-                    format!("echo {size}: p99 latency (us)"),
-                    Better::Lower,
-                ),
-                (
-                    "ctxsw_per_s",
-                    format!("echo {size}: server context switches/s"),
-                    Better::Lower,
-                ),
-                (
-                    "writes_per_rt",
-                    format!("echo {size}: server write/writev calls per round trip"),
-                    Better::Lower,
-                ),
-            ];
-            for (key, label, better) in rows {
-                if let Some(v) = figures.remove(key) {
-                    let v = median(v);
-                    // /proc/PID/io counts write(2) and writev(2), not send(2): a server that
-                    // sends shows none, which is no figure.
-                    if key == "writes_per_rt" && v == 0.0 {
-                        continue;
-                    }
-                    table.set(&label, better, spec.col, v);
-                    if starved {
-                        table.row(&label, better).starved.insert(spec.col);
-                    }
+        }
+    }
+    // Rows in the order the table has always had: server by server, 1 KiB before 16 B.
+    let measured = (0..specs.len()).flat_map(|index| [(index, 1024), (index, 16)]);
+    for (index, len) in measured {
+        let Some(mut figures) = figures.remove(&(index, len)) else {
+            continue;
+        };
+        let col = specs[index].col;
+        let size = size_name(len);
+        let starved = starved.get(&(index, len)).copied().unwrap_or(false);
+        let rows = [
+            (
+                "rtps",
+                format!("echo {size}: round trips/s"),
+                Better::Higher,
+            ),
+            (
+                "cpu_us_per_rt",
+                format!("echo {size}: server CPU per round trip (us)"),
+                Better::Lower,
+            ),
+            (
+                "p50_us",
+                format!("echo {size}: p50 latency (us)"),
+                Better::Lower,
+            ),
+            (
+                "p99_us",
+                format!("echo {size}: p99 latency (us)"),
+                Better::Lower,
+            ),
+            (
+                "ctxsw_per_s",
+                format!("echo {size}: server context switches/s"),
+                Better::Lower,
+            ),
+            (
+                "writes_per_rt",
+                format!("echo {size}: server write/writev calls per round trip"),
+                Better::Lower,
+            ),
+        ];
+        for (key, label, better) in rows {
+            if let Some(v) = figures.remove(key) {
+                let v = median(v);
+                // /proc/PID/io counts write(2) and writev(2), not send(2): a server that
+                // sends shows none, which is no figure.
+                if key == "writes_per_rt" && v == 0.0 {
+                    continue;
+                }
+                table.set(&label, better, col, v);
+                if starved {
+                    table.row(&label, better).starved.insert(col);
                 }
             }
         }
