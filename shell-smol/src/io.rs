@@ -56,9 +56,9 @@ impl Socket for Async<TcpStream> {
     }
 }
 
-impl Socket for futures_rustls::server::TlsStream<Async<TcpStream>> {
+impl<S: Socket> Socket for futures_rustls::server::TlsStream<S> {
     fn tcp(&self) -> &TcpStream {
-        self.get_ref().0.get_ref()
+        self.get_ref().0.tcp()
     }
 }
 

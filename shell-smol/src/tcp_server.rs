@@ -5,8 +5,8 @@
 //! Each executor thread runs a `LocalExecutor` under `smol::block_on`, which drives the
 //! async-io reactor on that thread whenever it would otherwise park. A connection runs on the
 //! thread whose acceptor took it, so its reads, timers, mailbox and handler calls stay on one
-//! thread. Plain connection sockets sit on the thread's own edge-triggered poller ([`edge`]),
-//! registered once, rather than on async-io's one-shot registrations.
+//! thread. Connection sockets (plain and under TLS) sit on the thread's own edge-triggered
+//! poller ([`edge`]), registered once, rather than on async-io's one-shot registrations.
 //!
 //! A connection's task waits on everything at once: bytes from the peer (to
 //! [`Slot::data`]), its mailbox, a bounded queue (to [`Slot::user`]), one timer at the
@@ -526,15 +526,22 @@ async fn serve<H: tcp::Handler>(accepted: &mut Accepted<H>) {
             let Some(stream) = accepted.stream.take() else {
                 return;
             };
-            Box::pin(serve_tls(shared, acceptor, stream, peer, stop)).await;
+            if !edge::installed() {
+                Box::pin(serve_tls(shared, acceptor, stream, peer, stop)).await;
+                return;
+            }
+            match EdgeStream::adopt(stream) {
+                Ok(stream) => Box::pin(serve_tls(shared, acceptor, stream, peer, stop)).await,
+                Err(e) => tracing::warn!(%peer, "cannot watch the socket: {e}"),
+            }
         }
     }
 }
 
-async fn serve_tls<H: tcp::Handler>(
+async fn serve_tls<H: tcp::Handler, S: Socket>(
     shared: &Shared<H>,
     acceptor: &TlsAcceptor,
-    stream: Async<TcpStream>,
+    stream: S,
     peer: &SocketAddr,
     stop: &mut Stop,
 ) {
