@@ -281,6 +281,15 @@ impl<U> Conn<U> {
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
     }
+
+    /// Gives the connection an empty list (with capacity) to queue its actions in, for the
+    /// shell: a list lent for each callback spares an allocation per callback that sends,
+    /// and an idle connection keeps none. A list that is not empty is left alone.
+    pub(crate) fn lend_actions(&mut self, list: Vec<Action>) {
+        if self.actions.is_empty() && list.is_empty() {
+            self.actions = list;
+        }
+    }
 }
 
 /// Why a server could not start.

@@ -10,6 +10,10 @@ use spool_core::ws::Transmit;
 /// well under the kernel's `IOV_MAX` of 1024.
 pub const MAX_IOVECS: usize = 64;
 
+/// A lone transmit up to this size is copied and written in one piece: cheaper for the kernel
+/// than two iovecs, and the copy is a few dozen bytes.
+const SMALL_WRITE: usize = 256;
+
 /// Queues a thread keeps for its connections to borrow while they have bytes to write: at most
 /// this many, each at most [`POOLED_CAPACITY`] transmits long.
 const POOL_SIZE: usize = 64;
@@ -97,17 +101,39 @@ impl Outgoing {
 
     /// Fills `slices` with the next bytes to write; returns how many slices were filled.
     pub fn slices<'a>(&'a self, slices: &mut [IoSlice<'a>; MAX_IOVECS]) -> usize {
-        let parts = self
-            .queue
-            .iter()
-            .flat_map(Transmit::slices)
-            .filter(|s| !s.is_empty());
+        // A plain loop: the iterator chain this was (flat_map, filter, zip) cost ~200
+        // instructions for the two slices of one frame.
         let mut count = 0;
-        for (slot, part) in slices.iter_mut().zip(parts) {
-            *slot = IoSlice::new(part);
-            count += 1;
+        for transmit in &self.queue {
+            for part in transmit.slices() {
+                if part.is_empty() {
+                    continue;
+                }
+                let Some(slot) = slices.get_mut(count) else {
+                    return count;
+                };
+                *slot = IoSlice::new(part);
+                count += 1;
+            }
         }
         count
+    }
+
+    /// Copies the queue's only transmit into `buf` when it is at most [`SMALL_WRITE`] bytes,
+    /// and says how long it is.
+    fn small_single(&self, buf: &mut [u8; SMALL_WRITE]) -> Option<usize> {
+        if self.queue.len() != 1 {
+            return None;
+        }
+        let only = self.queue.front()?;
+        let len = only.len();
+        if len > SMALL_WRITE {
+            return None;
+        }
+        let [head, body] = only.slices();
+        buf[..head.len()].copy_from_slice(head);
+        buf[head.len()..len].copy_from_slice(body);
+        Some(len)
     }
 
     /// Marks `written` bytes as written.
@@ -139,10 +165,19 @@ impl Outgoing {
     /// # Errors
     /// The sink's error, or `WriteZero` when it took nothing.
     pub fn write_to(&mut self, mut sink: impl Write) -> io::Result<bool> {
+        let mut small = [0u8; SMALL_WRITE];
         while !self.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let count = self.slices(&mut slices);
-            match sink.write_vectored(&slices[..count]) {
+            let written = match self.small_single(&mut small) {
+                // One small frame (a reply, an echo): one contiguous write, without filling
+                // a slice array or passing the kernel an iovec.
+                Some(len) => sink.write(&small[..len]),
+                None => {
+                    let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                    let count = self.slices(&mut slices);
+                    sink.write_vectored(&slices[..count])
+                }
+            };
+            match written {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.advance(n),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
@@ -224,6 +259,111 @@ mod tests {
         assert!(out.write_to(&mut sink).unwrap());
         assert_eq!(sink.taken, b"hello world");
         assert_eq!(out.unsent(), 0);
+    }
+
+    /// A sink that records how each call came; it takes `room` bytes in all, then would block.
+    #[derive(Default)]
+    struct Calls {
+        taken: Vec<u8>,
+        room: usize,
+        writes: usize,
+        vectored: usize,
+    }
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.writes += 1;
+            self.take(&[buf])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.vectored += 1;
+            let bufs: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+            self.take(&bufs)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Calls {
+        fn take(&mut self, bufs: &[&[u8]]) -> io::Result<usize> {
+            if self.room == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room);
+                self.taken.extend_from_slice(&b[..take]);
+                self.room -= take;
+                n += take;
+            }
+            Ok(n)
+        }
+    }
+
+    /// A real frame (a header inline, a payload shared), as the core makes them.
+    fn frame(payload: &[u8]) -> Transmit {
+        use spool_core::ws::{Config, Connection, Event, Message, Outbound};
+        let mut ws = Connection::server(Config::default()).expect("config");
+        let request = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                       Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        ws.handle(Event::Receive {
+            now_ms: 0,
+            bytes: bytes::Bytes::from_static(request.as_bytes()),
+        });
+        ws.handle(Event::Accept { now_ms: 0 });
+        let sent = ws.handle(Event::Send {
+            now_ms: 0,
+            message: Message::Binary(bytes::Bytes::copy_from_slice(payload)),
+        });
+        sent.into_iter()
+            .find_map(|o| match o {
+                Outbound::Transmit(t) => Some(t),
+                _ => None,
+            })
+            .expect("a frame")
+    }
+
+    #[test]
+    fn a_lone_small_frame_goes_out_in_one_contiguous_write_and_resumes_after_a_partial_one() {
+        let mut out = Outgoing::default();
+        out.push(frame(b"0123456789"));
+        let wire = [&[0x82u8, 10][..], b"0123456789"].concat();
+        // The sink takes 5 bytes: the header and 3 payload bytes, from one `write`.
+        let mut sink = Calls {
+            room: 5,
+            ..Calls::default()
+        };
+        assert!(!out.write_to(&mut sink).expect("write"));
+        assert_eq!(
+            (sink.writes, sink.vectored),
+            (2, 0),
+            "one write, then one that would block"
+        );
+        assert_eq!(out.unsent(), 7);
+        sink.room = 100;
+        assert!(out.write_to(&mut sink).expect("write"));
+        assert_eq!(sink.taken, wire);
+        assert_eq!((sink.writes, sink.vectored), (3, 0));
+
+        // Past SMALL_WRITE, or with more than one transmit queued: a vectored write.
+        let big = vec![7u8; SMALL_WRITE + 1];
+        out.push(frame(&big));
+        let mut sink = Calls {
+            room: usize::MAX,
+            ..Calls::default()
+        };
+        assert!(out.write_to(&mut sink).expect("write"));
+        assert_eq!((sink.writes, sink.vectored), (0, 1));
+        out.push(frame(b"a"));
+        out.push(frame(b"b"));
+        let mut sink = Calls {
+            room: usize::MAX,
+            ..Calls::default()
+        };
+        assert!(out.write_to(&mut sink).expect("write"));
+        assert_eq!((sink.writes, sink.vectored), (0, 1));
+        assert_eq!(sink.taken, [0x82, 1, b'a', 0x82, 1, b'b']);
     }
 
     #[test]

@@ -35,6 +35,7 @@ thread_local! {
         RefCell::new(Work {
             pending: VecDeque::new(),
             out: Vec::new(),
+            actions: Vec::new(),
         })
     };
 }
@@ -47,6 +48,9 @@ struct Work {
     pending: VecDeque<Event>,
     /// What the core returns.
     out: Vec<Outbound>,
+    /// Lent to the handler's connection for each callback to queue its sends in, so that a
+    /// callback that sends does not allocate a list each time.
+    actions: Vec<Action>,
 }
 
 /// Runs `f` with the thread's scratch queues, then gives them back (empty: `run` drains them).
@@ -57,9 +61,13 @@ fn lend_scratch<R>(f: impl FnOnce(&mut Work) -> R) -> R {
     let result = f(&mut work);
     work.pending.clear();
     work.out.clear();
+    work.actions.clear();
     // A burst may have grown the scratch; a thread keeps at most a modest one.
     if work.out.capacity() > SCRATCH_KEEP {
         work.out = Vec::new();
+    }
+    if work.actions.capacity() > SCRATCH_KEEP {
+        work.actions = Vec::new();
     }
     if work.pending.capacity() > SCRATCH_KEEP {
         work.pending = VecDeque::new();
@@ -362,6 +370,7 @@ impl<H: Handler> WsProtocol<H> {
         let Some((state, user_conn)) = &mut s.user else {
             return;
         };
+        user_conn.lend_actions(mem::take(&mut work.actions));
         match catch_unwind(AssertUnwindSafe(|| f(&self.handler, state, user_conn))) {
             Ok(next) => self.after_callback(s, work, now_ms, next),
             Err(_) => {
@@ -383,7 +392,8 @@ impl<H: Handler> WsProtocol<H> {
     /// Queues what the handler asked for during its callback.
     fn after_callback(&self, s: &mut WsSession<H>, work: &mut Work, now_ms: u64, next: Next) {
         if let Some((_, user_conn)) = &mut s.user {
-            for action in user_conn.take_actions() {
+            let mut actions = user_conn.take_actions();
+            for action in actions.drain(..) {
                 work.pending.push_back(match action {
                     Action::Send(message) => Event::Send { now_ms, message },
                     Action::Close { code, reason } => Event::Close {
@@ -392,6 +402,10 @@ impl<H: Handler> WsProtocol<H> {
                         reason,
                     },
                 });
+            }
+            // Back to the thread's scratch, empty, for the next callback.
+            if work.actions.capacity() < actions.capacity() {
+                work.actions = actions;
             }
         }
         if next == Next::Stop {

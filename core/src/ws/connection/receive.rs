@@ -1,6 +1,8 @@
 //! The receive path: frames out of the input buffer, reassembled into messages, inflated and
 //! checked (RFC 6455 §5, RFC 7692 §7.2.2), and control frames answered.
 
+use std::mem;
+
 use bytes::{Buf, Bytes, BytesMut};
 
 use super::{Connection, FrameInProgress, MessageInProgress, Phase, Role};
@@ -113,12 +115,29 @@ impl Connection {
     /// error of any kind) ends the run untouched, for the general path to answer exactly as it
     /// would have. The fuzz target `ws_frames` and Autobahn's cases go through both paths.
     fn read_whole_messages(&mut self, out: &mut Vec<Outbound>) -> bool {
-        if self.message.is_some() {
+        // An empty buffer (every read ends with one) must not pay for the run's array below.
+        if self.message.is_some() || self.buf.is_empty() {
             return false;
         }
         let limits = &self.config.limits;
         let max_len = limits.max_frame_len.min(limits.max_message_len) as u64;
         let masked = self.role == Role::Server;
+        // A read that is exactly one message (an echo's, a request's), seen before the run's
+        // array is set up (clearing it cost more than the rest of this function): the buffer
+        // is given up whole, where a split would first share it, which allocates a count.
+        if let Ok(Some((h, start))) = FrameHeader::parse(&self.buf)
+            && h.payload_len == (self.buf.len() - start) as u64
+        {
+            if !self.unmask_simple(&h, start, max_len, masked) {
+                return false;
+            }
+            let mut whole = mem::take(&mut self.buf).freeze();
+            if self.phase == Phase::Open {
+                whole.advance(start);
+                out.push(deliver(whole, h.opcode == Opcode::Text));
+            }
+            return true;
+        }
         // (start, end, text) of each message found; a bounded run, so this stays on the stack.
         let mut found = [(0usize, 0usize, false); WHOLE_RUN];
         let mut count = 0;
@@ -128,30 +147,11 @@ impl Connection {
                 break;
             };
             let start = at + header_len;
-            let simple = h.fin
-                && !h.rsv1
-                && !h.rsv23
-                && matches!(h.opcode, Opcode::Text | Opcode::Binary)
-                && h.mask.is_some() == masked
-                && h.payload_len <= max_len
-                && h.payload_len <= (self.buf.len() - start) as u64;
-            if !simple {
+            if !self.unmask_simple(&h, start, max_len, masked) {
                 break;
             }
             let end = start + h.payload_len as usize;
-            let payload = &mut self.buf[start..end];
-            if let Some(key) = h.mask {
-                apply_mask(payload, key, 0);
-            }
             let text = h.opcode == Opcode::Text;
-            if text && simdutf8::basic::from_utf8(payload).is_err() {
-                // Masking is its own inverse: put the frame back as it came, for the general
-                // path to reject.
-                if let Some(key) = h.mask {
-                    apply_mask(payload, key, 0);
-                }
-                break;
-            }
             found[count] = (start, end, text);
             count += 1;
             at = end;
@@ -162,13 +162,39 @@ impl Connection {
         let run = self.buf.split_to(at).freeze();
         if self.phase == Phase::Open {
             for &(start, end, text) in &found[..count] {
-                let bytes = run.slice(start..end);
-                out.push(Outbound::Deliver(if text {
-                    Message::Text(Text::from_validated(bytes))
-                } else {
-                    Message::Binary(bytes)
-                }));
+                out.push(deliver(run.slice(start..end), text));
             }
+        }
+        true
+    }
+
+    /// For a frame whose header `h` ends at `start`: when it is a whole, unfragmented,
+    /// uncompressed data message within the limits and entirely in the buffer, unmasks its
+    /// payload in place and checks it (text), and says true. Otherwise leaves the buffer as it
+    /// was, for the general path to answer.
+    #[inline(always)]
+    fn unmask_simple(&mut self, h: &FrameHeader, start: usize, max_len: u64, masked: bool) -> bool {
+        let simple = h.fin
+            && !h.rsv1
+            && !h.rsv23
+            && matches!(h.opcode, Opcode::Text | Opcode::Binary)
+            && h.mask.is_some() == masked
+            && h.payload_len <= max_len
+            && h.payload_len <= (self.buf.len() - start) as u64;
+        if !simple {
+            return false;
+        }
+        let payload = &mut self.buf[start..start + h.payload_len as usize];
+        if let Some(key) = h.mask {
+            apply_mask(payload, key, 0);
+        }
+        if h.opcode == Opcode::Text && simdutf8::basic::from_utf8(payload).is_err() {
+            // Masking is its own inverse: put the frame back as it came, for the general path
+            // to reject.
+            if let Some(key) = h.mask {
+                apply_mask(payload, key, 0);
+            }
+            return false;
         }
         true
     }
@@ -311,5 +337,15 @@ fn peer_no_context_takeover(role: Role, params: Option<DeflateParams>) -> bool {
     params.is_some_and(|p| match role {
         Role::Server => p.client_no_context_takeover,
         Role::Client => p.server_no_context_takeover,
+    })
+}
+
+/// A whole message, its payload unmasked and (if text) checked, as the core delivers it.
+#[inline(always)]
+fn deliver(bytes: Bytes, text: bool) -> Outbound {
+    Outbound::Deliver(if text {
+        Message::Text(Text::from_validated(bytes))
+    } else {
+        Message::Binary(bytes)
     })
 }

@@ -279,6 +279,30 @@ fn a_read_of_more_whole_messages_than_one_run_takes_delivers_them_all_in_order()
 }
 
 #[test]
+fn a_read_that_is_one_message_delivers_it_in_the_read_buffer_itself() {
+    // The single-message path gives the read's buffer up whole: the message is the read's
+    // bytes, unmasked in place, past the header; no copy and no split.
+    let mut ws = open_server(no_deflate());
+    let wire = client_frame(2, b"payload");
+    let header_len = wire.len() - b"payload".len();
+    let read_at = wire.as_ptr() as usize;
+    let out = receive(&mut ws, 1, wire);
+    let [Outbound::Deliver(Message::Binary(got))] = &out[..] else {
+        panic!("one message: {out:?}");
+    };
+    assert_eq!(&got[..], b"payload");
+    assert_eq!(got.as_ptr() as usize, read_at + header_len);
+    // Bad UTF-8 in a lone text message still fails, through the general path.
+    let mut ws = open_server(no_deflate());
+    assert_fails_with(&receive(&mut ws, 1, client_frame(1, &[0xff, 0xfe])), 1007);
+    // The next read starts from an empty buffer: a second lone message is delivered too.
+    let mut ws = open_server(no_deflate());
+    receive(&mut ws, 1, client_frame(1, b"one"));
+    let out = receive(&mut ws, 2, client_frame(1, b"two"));
+    assert_eq!(out, [Outbound::Deliver(Message::text("two"))]);
+}
+
+#[test]
 fn fragments_with_a_ping_between_them_reassemble() {
     let mut ws = open_server(no_deflate());
     let mut wire = test_frame(false, false, 1, "κό".as_bytes(), M).to_vec();
