@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -17,7 +17,6 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{future, ready};
 use smol::{Async, Timer};
-use spool_std::outgoing::MAX_IOVECS;
 pub(crate) use spool_std::outgoing::Outgoing;
 
 /// One read's worth of scratch space, per thread. A connection copies only the bytes it read
@@ -114,9 +113,10 @@ pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     while !outgoing.is_empty() {
-        let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-        let count = outgoing.slices(&mut slices);
-        let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..count]))?;
+        let written =
+            ready!(outgoing.with_next_slices(|slices| {
+                Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+            }))?;
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
