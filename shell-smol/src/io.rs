@@ -113,10 +113,9 @@ pub(crate) fn poll_write<S: AsyncWrite + Unpin>(
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
     while !outgoing.is_empty() {
-        let written =
-            ready!(outgoing.with_next_slices(|slices| {
-                Pin::new(&mut *stream).poll_write_vectored(cx, slices)
-            }))?;
+        let written = ready!(outgoing.with_next_slices(|slices| {
+            Pin::new(&mut *stream).poll_write_vectored(cx, slices)
+        }))?;
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }

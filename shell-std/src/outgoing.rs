@@ -11,8 +11,9 @@ use spool_core::ws::Transmit;
 pub const MAX_IOVECS: usize = 64;
 
 /// A lone transmit up to this size is copied and written in one piece: cheaper for the kernel
-/// than two iovecs, and the copy is a few dozen bytes.
-const SMALL_WRITE: usize = 256;
+/// than two iovecs. (At 1 KiB echoes, 2,048 against 256 gave 2-4% less server CPU a round
+/// trip and 2.7-5% more round trips a second, three alternating runs each.)
+const SMALL_WRITE: usize = 2048;
 
 /// Queues a thread keeps for its connections to borrow while they have bytes to write: at most
 /// this many, each at most [`POOLED_CAPACITY`] transmits long.
@@ -21,6 +22,10 @@ const POOL_SIZE: usize = 64;
 const POOLED_CAPACITY: usize = 64;
 
 thread_local! {
+    /// Where a lone small transmit is copied to be written in one piece (`SMALL_WRITE`
+    /// bytes, one a thread).
+    static SMALL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+
     /// Empty queues, given back by connections that wrote everything: an idle connection
     /// holds no queue, and a busy one does not allocate one for every write.
     static POOL: std::cell::RefCell<Vec<VecDeque<Transmit>>> = const {
@@ -125,30 +130,30 @@ impl Outgoing {
     /// full slice array), otherwise up to [`MAX_IOVECS`] slices. The caller advances by what
     /// was written.
     pub fn with_next_slices<R>(&self, write: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
-        let mut small = [0u8; SMALL_WRITE];
-        if let Some(len) = self.small_single(&mut small) {
-            return write(&[IoSlice::new(&small[..len])]);
+        if let Some(only) = self.small_single() {
+            // Borrowed for the one call; were the thread's buffer in use (it cannot be: the
+            // write does not come back here), a buffer of its own.
+            return SMALL.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut small) => {
+                    small.clear();
+                    small.extend_from_slice(only.head());
+                    small.extend_from_slice(only.body());
+                    write(&[IoSlice::new(&small)])
+                }
+                Err(_) => write(&[IoSlice::new(&only.to_vec())]),
+            });
         }
         let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
         let count = self.slices(&mut slices);
         write(&slices[..count])
     }
 
-    /// Copies the queue's only transmit into `buf` when it is at most [`SMALL_WRITE`] bytes,
-    /// and says how long it is.
-    fn small_single(&self, buf: &mut [u8; SMALL_WRITE]) -> Option<usize> {
+    /// The queue's only transmit, when it is at most [`SMALL_WRITE`] bytes.
+    fn small_single(&self) -> Option<&Transmit> {
         if self.queue.len() != 1 {
             return None;
         }
-        let only = self.queue.front()?;
-        let len = only.len();
-        if len > SMALL_WRITE {
-            return None;
-        }
-        let [head, body] = only.slices();
-        buf[..head.len()].copy_from_slice(head);
-        buf[head.len()..len].copy_from_slice(body);
-        Some(len)
+        self.queue.front().filter(|only| only.len() <= SMALL_WRITE)
     }
 
     /// Marks `written` bytes as written.
