@@ -224,10 +224,13 @@ mod tests {
 
     use super::*;
 
-    /// A sink that takes at most `room` bytes, then would block.
+    /// A sink that takes `room` bytes in all, then would block; it records how many slices
+    /// each call came in.
+    #[derive(Default)]
     struct Narrow {
         taken: Vec<u8>,
         room: usize,
+        slices: Vec<usize>,
     }
 
     impl Write for Narrow {
@@ -235,6 +238,7 @@ mod tests {
             self.write_vectored(&[IoSlice::new(buf)])
         }
         fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.slices.push(bufs.len());
             if self.room == 0 {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
@@ -259,8 +263,8 @@ mod tests {
         out.push(Transmit::from(b"world".to_vec()));
         assert_eq!(out.unsent(), 11);
         let mut sink = Narrow {
-            taken: Vec::new(),
             room: 3,
+            ..Narrow::default()
         };
         assert!(!out.write_to(&mut sink).unwrap());
         assert_eq!(out.unsent(), 8);
@@ -268,45 +272,6 @@ mod tests {
         assert!(out.write_to(&mut sink).unwrap());
         assert_eq!(sink.taken, b"hello world");
         assert_eq!(out.unsent(), 0);
-    }
-
-    /// A sink that records how many slices each call came in; it takes `room` bytes in all,
-    /// then would block.
-    #[derive(Default)]
-    struct Calls {
-        taken: Vec<u8>,
-        room: usize,
-        slices: Vec<usize>,
-    }
-
-    impl Write for Calls {
-        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(buf)])
-        }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            self.slices.push(bufs.len());
-            let bufs: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-            self.take(&bufs)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Calls {
-        fn take(&mut self, bufs: &[&[u8]]) -> io::Result<usize> {
-            if self.room == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.room);
-                self.taken.extend_from_slice(&b[..take]);
-                self.room -= take;
-                n += take;
-            }
-            Ok(n)
-        }
     }
 
     /// A real frame (a header inline, a payload shared), as the core makes them.
@@ -338,9 +303,9 @@ mod tests {
         out.push(frame(b"0123456789"));
         let wire = [&[0x82u8, 10][..], b"0123456789"].concat();
         // The sink takes 5 bytes: the header and 3 payload bytes, from one `write`.
-        let mut sink = Calls {
+        let mut sink = Narrow {
             room: 5,
-            ..Calls::default()
+            ..Narrow::default()
         };
         assert!(!out.write_to(&mut sink).expect("write"));
         assert_eq!(
@@ -357,17 +322,17 @@ mod tests {
         // Past SMALL_WRITE, or with more than one transmit queued: a vectored write.
         let big = vec![7u8; SMALL_WRITE + 1];
         out.push(frame(&big));
-        let mut sink = Calls {
+        let mut sink = Narrow {
             room: usize::MAX,
-            ..Calls::default()
+            ..Narrow::default()
         };
         assert!(out.write_to(&mut sink).expect("write"));
         assert_eq!(sink.slices, [2]);
         out.push(frame(b"a"));
         out.push(frame(b"b"));
-        let mut sink = Calls {
+        let mut sink = Narrow {
             room: usize::MAX,
-            ..Calls::default()
+            ..Narrow::default()
         };
         assert!(out.write_to(&mut sink).expect("write"));
         assert_eq!(sink.slices, [4]);
@@ -383,8 +348,8 @@ mod tests {
         out.drop_unstarted();
         assert_eq!(out.unsent(), 4);
         let mut sink = Narrow {
-            taken: Vec::new(),
             room: 100,
+            ..Narrow::default()
         };
         out.write_to(&mut sink).unwrap();
         assert_eq!(sink.taken, b"cdef");
