@@ -467,4 +467,17 @@ mod tests {
         // A burst's queues are freed rather than kept.
         assert_eq!(kept(), (0, 0));
     }
+
+    #[test]
+    fn the_lent_action_list_comes_back_empty_and_a_burst_sized_one_is_freed() {
+        let kept_actions = || SCRATCH.with(|c| c.borrow().actions.capacity());
+        let send = || Action::Send(ws::Message::text("x"));
+        lend_scratch(|work| work.actions.extend((0..10).map(|_| send())));
+        assert!((10..=SCRATCH_KEEP).contains(&kept_actions()));
+        lend_scratch(|work| {
+            assert!(work.actions.is_empty());
+            work.actions.extend((0..=SCRATCH_KEEP).map(|_| send()));
+        });
+        assert_eq!(kept_actions(), 0);
+    }
 }
