@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -171,6 +171,9 @@ pub(crate) use spool_std::clock::Clock;
 pub(crate) struct Deadline {
     timer: Timer,
     armed: Option<u64>,
+    /// The waker the armed timer holds, for [`Deadline::poll_due`]; `None` until it is
+    /// polled after arming.
+    registered: Option<Waker>,
 }
 
 impl Deadline {
@@ -178,6 +181,7 @@ impl Deadline {
         Deadline {
             timer: Timer::never(),
             armed: None,
+            registered: None,
         }
     }
 
@@ -188,6 +192,7 @@ impl Deadline {
             return;
         }
         self.armed = next;
+        self.registered = None;
         match next {
             Some(ms) => self.timer.set_at(clock.instant(ms)),
             None => self.timer = Timer::never(),
@@ -219,6 +224,40 @@ impl Deadline {
         self.armed = None;
         Poll::Ready(())
     }
+
+    /// Like [`Deadline::poll_fired`], against `now_ms` (read on the same clock by the caller,
+    /// during this poll): the timer itself is polled only to hand it the waker, once after
+    /// each `arm` and again if the waker changes. A connection woken by its socket then pays
+    /// neither the timer's poll nor the clock read inside it, about 150 instructions a
+    /// message. The timer still wakes the task when the deadline passes, and the clock read
+    /// after that wake-up is at or past the deadline: the timer's instant is the clock's own
+    /// start plus the deadline.
+    pub(crate) fn poll_due(&mut self, now_ms: u64, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(at) = self.armed else {
+            return Poll::Pending;
+        };
+        if at <= now_ms {
+            self.armed = None;
+            self.registered = None;
+            return Poll::Ready(());
+        }
+        if self
+            .registered
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if Pin::new(&mut self.timer).poll(cx).is_ready() {
+            // Past the timer's instant but not yet a whole millisecond on: fire early, as
+            // `arm_no_later` allows; the caller checks what is due.
+            self.armed = None;
+            self.registered = None;
+            return Poll::Ready(());
+        }
+        self.registered = Some(cx.waker().clone());
+        Poll::Pending
+    }
 }
 
 /// Random bytes from the OS (`/dev/urandom`), or, where that cannot be read, from std's
@@ -245,4 +284,95 @@ pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
         chunk.copy_from_slice(&word[..chunk.len()]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+    use std::time::Instant;
+
+    use super::*;
+
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    /// Polls until `count` shows a wake-up, for at most two seconds.
+    fn wait_for_wake(count: &Count) -> bool {
+        let give_up = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < give_up {
+            if count.0.load(Ordering::SeqCst) > 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    #[test]
+    fn a_deadline_polled_against_the_callers_clock_fires_once_when_due() {
+        let clock = Clock::new();
+        let mut deadline = Deadline::new();
+        let (_, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(deadline.poll_due(0, &mut cx), Poll::Pending, "not armed");
+        deadline.arm(Some(1_000), &clock);
+        assert_eq!(deadline.poll_due(999, &mut cx), Poll::Pending);
+        assert_eq!(deadline.poll_due(999, &mut cx), Poll::Pending);
+        assert_eq!(deadline.poll_due(1_000, &mut cx), Poll::Ready(()));
+        assert_eq!(
+            deadline.poll_due(5_000, &mut cx),
+            Poll::Pending,
+            "fired once"
+        );
+        deadline.arm(Some(2_000), &clock);
+        assert_eq!(
+            deadline.poll_due(2_001, &mut cx),
+            Poll::Ready(()),
+            "armed again"
+        );
+    }
+
+    #[test]
+    fn the_timer_wakes_the_last_waker_it_was_polled_with() {
+        // async-io's reactor runs timers on its own thread once something blocks on it;
+        // `block_on` below sleeps in it.
+        let clock = Clock::new();
+        let mut deadline = Deadline::new();
+        let at = clock.now_ms() + 30;
+        deadline.arm(Some(at), &clock);
+        let (first, first_waker) = counting();
+        let (second, second_waker) = counting();
+        let now = clock.now_ms();
+        assert_eq!(
+            deadline.poll_due(now, &mut Context::from_waker(&first_waker)),
+            Poll::Pending
+        );
+        // A different waker must take over from the first.
+        assert_eq!(
+            deadline.poll_due(now, &mut Context::from_waker(&second_waker)),
+            Poll::Pending
+        );
+        smol::block_on(Timer::after(Duration::from_millis(60)));
+        assert!(wait_for_wake(&second), "the timer never woke the task");
+        assert_eq!(first.0.load(Ordering::SeqCst), 0, "woke the replaced waker");
+        // Woken at or past the deadline on the same clock: due now, without another timer.
+        let now = clock.now_ms();
+        assert!(now >= at, "woken at {now}, before the deadline {at}");
+        assert_eq!(
+            deadline.poll_due(now, &mut Context::from_waker(&second_waker)),
+            Poll::Ready(())
+        );
+    }
 }
