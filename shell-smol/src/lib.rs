@@ -30,6 +30,7 @@ mod io;
 pub mod live_demo;
 pub mod phoenix;
 pub mod reconnecting;
+mod runner;
 mod server;
 mod tcp_server;
 pub mod transport;

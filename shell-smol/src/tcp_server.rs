@@ -2,8 +2,9 @@
 //! and one task per connection driving the connection's [`tcp::Slot`], the handler side both
 //! shells share. The WebSocket server is this server running `spool_std::WsProtocol`.
 //!
-//! Each executor thread runs a `LocalExecutor` under `smol::block_on`, which drives the
-//! async-io reactor on that thread whenever it would otherwise park. A connection runs on the
+//! Each executor thread runs its tasks on a [`Runner`], a run queue of the thread's own (see
+//! `runner`), under `smol::block_on`, which drives the async-io reactor on that thread whenever
+//! it would otherwise park. A connection runs on the
 //! thread whose acceptor took it, so its reads, timers, mailbox and handler calls stay on one
 //! thread. Connection sockets (plain and under TLS) sit on the thread's own edge-triggered
 //! poller ([`edge`]), registered once, rather than on async-io's one-shot registrations.
@@ -40,7 +41,7 @@ use futures_lite::{FutureExt as _, future};
 use futures_rustls::TlsAcceptor;
 use slab::Slab;
 use smol::channel::{Receiver, Sender};
-use smol::{Async, LocalExecutor, Timer};
+use smol::{Async, Timer};
 use spool_std::ServerLimits;
 use spool_std::handler::{Mailbox, StartError};
 use spool_std::tcp::{self, End, Hangup, Slot};
@@ -48,6 +49,7 @@ use spool_std::tcp::{self, End, Hangup, Slot};
 use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
 use crate::io::{Clock, Deadline, Outgoing, Socket, drain_until_eof, poll_read, poll_write};
+use crate::runner::Runner;
 
 /// How long `start` waits for every acceptor to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -331,7 +333,7 @@ fn run_thread<H: tcp::Handler>(
     stopped: Receiver<()>,
 ) {
     let grace = shared.limits.shutdown_grace;
-    let executor = Rc::new(LocalExecutor::new());
+    let executor = Rc::new(Runner::new());
     let signal = Rc::new(StopSignal::default());
     // Every connection task (and every acceptor, which hands out clones) holds a clone of
     // `live`; `drained.recv()` fails once the last one is dropped. Nothing is ever sent.
@@ -355,7 +357,7 @@ fn run_thread<H: tcp::Handler>(
         Ok(pump) => executor.spawn(pump).detach(),
         Err(e) => tracing::warn!("no edge-triggered poller on this thread: {e}"),
     }
-    smol::block_on(executor.run(async {
+    executor.run(async {
         let _ = stopped.recv().await;
         signal.fire();
         // No connection starts after this; the ones running saw the same channel close and
@@ -369,14 +371,14 @@ fn run_thread<H: tcp::Handler>(
             Ok(())
         };
         let _ = drained.recv().or(timeout).await;
-    }));
+    });
     // Dropping the executor drops every connection task still running; each one's slot runs
     // its handler's `on_close` as it goes.
     drop(executor);
 }
 
 async fn accept_loop<H: tcp::Handler>(
-    executor: Weak<LocalExecutor<'static>>,
+    executor: Weak<Runner>,
     shared: Arc<Shared<H>>,
     ready: mpsc::Sender<()>,
     signal: Rc<StopSignal>,
