@@ -241,11 +241,7 @@ impl Deadline {
             self.registered = None;
             return Poll::Ready(());
         }
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if holds_waker(&self.registered, cx) {
             return Poll::Pending;
         }
         if Pin::new(&mut self.timer).poll(cx).is_ready() {
@@ -258,6 +254,12 @@ impl Deadline {
         self.registered = Some(cx.waker().clone());
         Poll::Pending
     }
+}
+
+/// Whether `registered`, the waker something was last given, still wakes this task: then it
+/// need not be given the waker again.
+pub(crate) fn holds_waker(registered: &Option<Waker>, cx: &Context<'_>) -> bool {
+    registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
 /// Random bytes from the OS (`/dev/urandom`), or, where that cannot be read, from std's

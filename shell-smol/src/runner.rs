@@ -70,6 +70,10 @@ struct Local {
 }
 
 /// A thread's tasks: spawned onto it, run by [`Runner::run`] on the thread that made it.
+///
+/// Its queues need no bound of their own: a task is on at most one of them at a time, once
+/// (async-task schedules a task again only after it has run), and the server bounds the tasks
+/// a thread has (`ServerLimits::max_connections`, its acceptors and one edge pump).
 pub(crate) struct Runner {
     shared: Arc<Shared>,
     local: Rc<Local>,

@@ -48,7 +48,9 @@ use spool_std::tcp::{self, End, Hangup, Slot};
 
 use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
-use crate::io::{Clock, Deadline, Outgoing, Socket, drain_until_eof, poll_read, poll_write};
+use crate::io::{
+    Clock, Deadline, Outgoing, Socket, drain_until_eof, holds_waker, poll_read, poll_write,
+};
 use crate::runner::Runner;
 
 /// How long `start` waits for every acceptor to report ready.
@@ -676,11 +678,7 @@ impl Stop {
             self.registered = None;
             return Poll::Ready(());
         }
-        if self
-            .registered
-            .as_ref()
-            .is_some_and(|w| w.will_wake(cx.waker()))
-        {
+        if holds_waker(&self.registered, cx) {
             // The signal holds this waker already: the usual case, a task polled again.
             return Poll::Pending;
         }
