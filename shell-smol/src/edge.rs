@@ -300,8 +300,8 @@ impl Socket for EdgeStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::Runner;
     use futures_lite::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    use smol::LocalExecutor;
     use std::io::{Read as _, Write as _};
     use std::net::TcpListener;
     use std::thread;
@@ -316,7 +316,8 @@ mod tests {
 
     #[test]
     fn reads_wait_for_the_next_edge_and_writes_for_room() {
-        let executor = LocalExecutor::new();
+        // The server threads' run queue, as in production.
+        let executor = Runner::new();
         executor.spawn(install().expect("install")).detach();
         let test = async {
             let (server, mut client) = pair();
@@ -385,7 +386,7 @@ mod tests {
             smol::Timer::after(Duration::from_secs(20)).await;
             panic!("a read or write was never woken");
         };
-        smol::block_on(executor.run(futures_lite::future::or(test, timeout)));
+        executor.run(futures_lite::future::or(test, timeout));
     }
 
     #[test]
