@@ -1,19 +1,22 @@
-//! The server's connection sockets on an edge-triggered poller of each executor thread's own.
+//! The server's connection sockets on an edge-triggered poller of each server thread's own,
+//! which is also where the thread sleeps.
 //!
 //! async-io registers a socket one-shot: every time a task waits for it, the registration is
 //! armed again, one `epoll_ctl` a message on a busy connection, plus a trip through the
-//! reactor's locks. Here every executor thread has one more epoll instance (mio's), with its
-//! connection sockets registered once, edge-triggered, for reads and writes. That instance's
-//! own descriptor is what async-io watches: one wake-up of the thread's [`pump`] task reports
-//! every socket that became ready since the last, whatever their number, and re-arms one
-//! registration.
+//! reactor's locks. Here every server thread has an epoll instance of its own (mio's), with its
+//! connection sockets registered once, edge-triggered, for reads and writes. The thread's
+//! [`Runner`](crate::runner::Runner) waits in it when no task is ready ([`Edge::turn`]): one
+//! `epoll_wait` reports every socket that became ready since the last, whatever their number,
+//! and nothing needs arming again. The listener and the timers stay on async-io, whose own
+//! thread wakes the tasks waiting for them; a wake-up from another thread rings the poller's
+//! [`alarm`](Edge::alarm), a `mio::Waker`.
 //!
 //! A socket's readiness is two flags. An edge sets them and wakes whoever waits; a read that
 //! comes back short (the kernel had less than was asked) or says `WouldBlock` clears the read
 //! flag, a write that says `WouldBlock` clears the write flag, and until an edge sets them
-//! again nobody calls the kernel for that socket. The pump and the connections run on the same
-//! thread, so no edge can slip in between a read and the clearing of its flag: an edge for
-//! bytes that arrive later is still queued in the epoll instance when the flag is cleared.
+//! again nobody calls the kernel for that socket. The poller and the connections run on the
+//! same thread, so no edge can slip in between a read and the clearing of its flag: an edge
+//! for bytes that arrive later is still queued in the epoll instance when the flag is cleared.
 
 use std::cell::{OnceCell, RefCell};
 use std::io::{self, IoSlice};
@@ -21,6 +24,7 @@ use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -33,19 +37,22 @@ use spool_std::direct::{recv, send_vectored};
 
 use crate::io::Socket;
 
-/// Readiness events one turn of the pump takes from the kernel; more wait for another turn.
+/// Readiness events one call into the kernel takes; a turn that gets this many asks again.
 const EVENTS_PER_TURN: usize = 1024;
+
+/// The alarm's token: past any socket's key, which is a slab index below the connection limit.
+const ALARM: Token = Token(usize::MAX);
 
 thread_local! {
     static EDGE: OnceCell<Rc<Edge>> = const { OnceCell::new() };
 }
 
-/// One executor thread's poller and the readiness of its sockets.
+/// One server thread's poller and the readiness of its sockets.
 pub(crate) struct Edge {
     poll: RefCell<mio::Poll>,
     events: RefCell<Events>,
-    /// The same epoll instance, as async-io sees it: readable when a socket has an edge.
-    watch: Async<mio::Registry>,
+    /// Ends a wait in `poll` from another thread.
+    alarm: Arc<mio::Waker>,
     /// One entry a registered socket (at most the server's connection limit).
     sockets: RefCell<Slab<Readiness>>,
 }
@@ -58,24 +65,27 @@ struct Readiness {
     writer: Option<Waker>,
 }
 
-/// Gives this thread its poller and returns the task that must run on the thread's executor
-/// for as long as sockets are registered on it.
+/// Gives this thread its poller, which the thread's [`Runner`](crate::runner::Runner) then
+/// waits in. Once is enough: a second call keeps the first poller.
 ///
 /// # Errors
-/// When the poller cannot be created or watched.
-pub(crate) fn install() -> io::Result<impl Future<Output = ()>> {
+/// When the poller or its alarm cannot be created.
+pub(crate) fn install() -> io::Result<()> {
+    if installed() {
+        return Ok(());
+    }
     let poll = mio::Poll::new()?;
-    let watch = Async::new(poll.registry().try_clone()?)?;
+    let alarm = Arc::new(mio::Waker::new(poll.registry(), ALARM)?);
     let edge = Rc::new(Edge {
         poll: RefCell::new(poll),
         events: RefCell::new(Events::with_capacity(EVENTS_PER_TURN)),
-        watch,
+        alarm,
         sockets: RefCell::new(Slab::new()),
     });
     EDGE.with(|cell| {
-        let _ = cell.set(edge.clone());
+        let _ = cell.set(edge);
     });
-    Ok(pump(edge))
+    Ok(())
 }
 
 /// Whether this thread has its poller ([`install`]).
@@ -83,34 +93,38 @@ pub(crate) fn installed() -> bool {
     EDGE.with(|cell| cell.get().is_some())
 }
 
-/// Hands every edge to the sockets it names, each time async-io says there are some.
-async fn pump(edge: Rc<Edge>) {
-    loop {
-        if let Err(e) = edge.watch.readable().await {
-            tracing::error!("cannot watch the connection poller: {e}; retrying in 10 ms");
-            smol::Timer::after(Duration::from_millis(10)).await;
-        }
-        edge.turn();
-    }
+/// This thread's poller, if it has one.
+pub(crate) fn current() -> Option<Rc<Edge>> {
+    EDGE.with(|cell| cell.get().cloned())
 }
 
 impl Edge {
-    /// Takes what the kernel has, without waiting, and wakes whom it concerns.
-    fn turn(&self) {
+    /// What another thread rings to end a wait in [`Edge::turn`].
+    pub(crate) fn alarm(&self) -> Arc<mio::Waker> {
+        self.alarm.clone()
+    }
+
+    /// Takes the edges the kernel has, waiting up to `timeout` (`None`: until there is one or
+    /// the alarm rings), and wakes whom they concern.
+    pub(crate) fn turn(&self, timeout: Option<Duration>) {
         let mut poll = self.poll.borrow_mut();
         let mut events = self.events.borrow_mut();
+        let mut timeout = timeout;
         loop {
-            if let Err(e) = poll.poll(&mut events, Some(Duration::ZERO)) {
+            if let Err(e) = poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+                    return;
                 }
-                tracing::error!("connection poller failed: {e}");
+                tracing::error!("connection poller failed: {e}; retrying in 10 ms");
+                // Not at once: a wait that fails at once would otherwise spin.
+                std::thread::sleep(Duration::from_millis(10));
                 return;
             }
             let mut sockets = self.sockets.borrow_mut();
             let mut taken = 0;
             for event in events.iter() {
                 taken += 1;
+                // The alarm's wake-up is the return from `poll` itself.
                 let Some(socket) = sockets.get_mut(event.token().0) else {
                     continue;
                 };
@@ -131,6 +145,7 @@ impl Edge {
             if taken < EVENTS_PER_TURN {
                 return;
             }
+            timeout = Some(Duration::ZERO);
         }
     }
 }
@@ -148,9 +163,8 @@ impl EdgeStream {
     /// # Errors
     /// When the thread has no poller ([`install`]) or the socket cannot be registered.
     pub(crate) fn adopt(stream: Async<TcpStream>) -> io::Result<EdgeStream> {
-        let edge = EDGE
-            .with(|cell| cell.get().cloned())
-            .ok_or_else(|| io::Error::other("no connection poller on this thread"))?;
+        let edge =
+            current().ok_or_else(|| io::Error::other("no connection poller on this thread"))?;
         let socket = stream.into_inner()?;
         socket.set_nonblocking(true)?;
         // Edge-triggered: bytes already there are no edge, so both start ready.
@@ -318,7 +332,7 @@ mod tests {
     fn reads_wait_for_the_next_edge_and_writes_for_room() {
         // The server threads' run queue, as in production.
         let executor = Runner::new();
-        executor.spawn(install().expect("install")).detach();
+        install().expect("install");
         let test = async {
             let (server, mut client) = pair();
             // Bytes sent before the socket was adopted are no edge: read at once anyway.

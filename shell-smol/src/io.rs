@@ -203,7 +203,7 @@ impl Deadline {
     /// none, leaves it where it is, to fire early. The caller must check, when it fires, whether
     /// anything is due (and arm again). Moving an async-io timer costs a trip through the
     /// reactor (a remove and an insert on its timer queue, a B-tree update and a notify of the
-    /// reactor thread); a connection's keep-alive deadline moves with every message it
+    /// reactor's thread); a connection's keep-alive deadline moves with every message it
     /// receives, so re-arming exactly would pay that per message, where this pays it about
     /// once per keep-alive period.
     pub(crate) fn arm_no_later(&mut self, next: Option<u64>, clock: &Clock) {

@@ -7,8 +7,8 @@
 //! itself (frames, handshakes, close codes, timeouts) is the core's.
 //!
 //! - [`TcpServer`]: glisten-shaped, an acceptor pool over executor threads, each thread running
-//!   its connections on a run queue of its own that sleeps in the I/O reactor (connection
-//!   sockets sit on an edge-triggered poller of the thread's own), for any protocol
+//!   its connections on a run queue of its own that sleeps in the thread's own
+//!   edge-triggered poller, where its connection sockets sit, for any protocol
 //!   over TCP or TLS ([`tcp::Handler`]); bounded send queues and mailboxes, a connection limit
 //!   ([`ServerLimits`]).
 //! - [`Server`]: the WebSocket server, which is [`TcpServer`] running [`WsProtocol`]:

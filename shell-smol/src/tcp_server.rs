@@ -3,11 +3,11 @@
 //! shells share. The WebSocket server is this server running `spool_std::WsProtocol`.
 //!
 //! Each executor thread runs its tasks on a [`Runner`], a run queue of the thread's own (see
-//! `runner`), under `smol::block_on`, which drives the async-io reactor on that thread whenever
-//! it would otherwise park. A connection runs on the
-//! thread whose acceptor took it, so its reads, timers, mailbox and handler calls stay on one
-//! thread. Connection sockets (plain and under TLS) sit on the thread's own edge-triggered
-//! poller ([`edge`]), registered once, rather than on async-io's one-shot registrations.
+//! `runner`). A connection runs on the thread whose acceptor took it, so its reads, timers,
+//! mailbox and handler calls stay on one thread. Connection sockets (plain and under TLS) sit on
+//! the thread's own edge-triggered poller ([`edge`]), registered once, rather than on
+//! async-io's one-shot registrations, and the runner sleeps in that poller; the listener and
+//! the timers stay on async-io, driven by its own thread.
 //!
 //! A connection's task waits on everything at once: bytes from the peer (to
 //! [`Slot::data`]), its mailbox, a bounded queue (to [`Slot::user`]), one timer at the
@@ -353,11 +353,11 @@ fn run_thread<H: tcp::Handler>(
         })
         .collect();
     drop((ready, live));
-    // Plain connections' sockets go on the thread's own edge-triggered poller (see `edge`);
-    // without one they stay on async-io's, which costs more per message but works the same.
-    match edge::install() {
-        Ok(pump) => executor.spawn(pump).detach(),
-        Err(e) => tracing::warn!("no edge-triggered poller on this thread: {e}"),
+    // Connection sockets go on the thread's own edge-triggered poller (see `edge`), which the
+    // runner also sleeps in; without one they stay on async-io's, which costs more per message
+    // but works the same.
+    if let Err(e) = edge::install() {
+        tracing::warn!("no edge-triggered poller on this thread: {e}");
     }
     executor.run(async {
         let _ = stopped.recv().await;
