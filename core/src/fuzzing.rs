@@ -91,10 +91,16 @@ pub fn ws_frames(data: &[u8]) {
         return;
     };
     let (mut closed, mut disconnected) = (false, false);
+    // The same reads as slices the shell keeps (`handle_read`), on a second connection.
+    let Some(mut kept) = open() else {
+        return;
+    };
     let mut chunked = Vec::new();
+    let mut chunked_kept = Vec::new();
     let mut whole = Vec::new();
     for (i, bytes) in chunks(data).enumerate() {
         whole.extend_from_slice(&bytes);
+        kept.handle_read(i as u64, &bytes, &mut chunked_kept);
         let out = ws.handle(Event::Receive {
             now_ms: i as u64,
             bytes,
@@ -111,16 +117,25 @@ pub fn ws_frames(data: &[u8]) {
     end(&mut ws, &mut chunked);
     check(&chunked[before..], &mut closed, &mut disconnected);
     assert!(closed, "every connection reports its end");
+    end(&mut kept, &mut chunked_kept);
+    assert_eq!(chunked, chunked_kept, "a kept read and its copy differ");
     // The same bytes in one read take the receive path's run of whole messages wherever the
     // reads above took the general path: both must deliver the same and end the same way.
     let Some(mut ws) = open() else {
         return;
     };
+    let Some(mut kept) = open() else {
+        return;
+    };
+    let mut at_once_kept = Vec::new();
+    kept.handle_read(1, &whole, &mut at_once_kept);
+    end(&mut kept, &mut at_once_kept);
     let mut at_once = ws.handle(Event::Receive {
         now_ms: 1,
         bytes: whole.into(),
     });
     end(&mut ws, &mut at_once);
+    assert_eq!(at_once, at_once_kept, "a kept read and its copy differ");
     let (delivered, code) = outcome(&chunked);
     let (delivered_at_once, code_at_once) = outcome(&at_once);
     assert_eq!(

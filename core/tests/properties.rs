@@ -217,6 +217,49 @@ fn whole_reads_and_piecemeal_reads_agree() {
         .quickcheck(prop as fn(Vec<Item>, Vec<usize>) -> bool);
 }
 
+/// A shell that keeps its read buffer hands the core slices (`handle_read`); one that gives the
+/// bytes away hands it `Event::Receive`. Over any mix of messages, pings and bad frames, cut
+/// anywhere, both must give the same outbounds, byte for byte, in the same order.
+#[test]
+fn kept_reads_and_given_reads_give_the_same_outbounds() {
+    fn prop(items: Vec<Item>, cuts: Vec<usize>, big: bool) -> bool {
+        let mut items = items;
+        if big {
+            // Payloads past the 64-byte mark take the wide masking loops.
+            items.push(Item::Message(Msg {
+                text: false,
+                payload: (0..1000u32).map(|i| (i * 7) as u8).collect(),
+                fragments: 1,
+                mask: [1, 2, 3, 4],
+            }));
+        }
+        let wire: Vec<u8> = items.iter().flat_map(Item::wire).collect();
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        let (mut given, mut kept) = (open_server(), open_server());
+        let (mut given_out, mut kept_out) = (Vec::new(), Vec::new());
+        let mut start = 0;
+        for (i, p) in points.into_iter().enumerate() {
+            let now_ms = i as u64;
+            let bytes = Bytes::copy_from_slice(&wire[start..p]);
+            given.handle_into(Event::Receive { now_ms, bytes }, &mut given_out);
+            kept.handle_read(now_ms, &wire[start..p], &mut kept_out);
+            start = p;
+        }
+        let end = |ws: &mut Connection, out: &mut Vec<Outbound>| {
+            ws.handle_into(Event::Tick { now_ms: 1_000 }, out);
+            ws.handle_into(Event::TransportClosed { now_ms: 1_001 }, out);
+        };
+        end(&mut given, &mut given_out);
+        end(&mut kept, &mut kept_out);
+        given_out == kept_out
+    }
+    QuickCheck::new()
+        .tests(1000)
+        .quickcheck(prop as fn(Vec<Item>, Vec<usize>, bool) -> bool);
+}
+
 #[test]
 fn what_a_client_encodes_a_server_decodes() {
     // Encoder and decoder of the core itself, through a client and a server machine.

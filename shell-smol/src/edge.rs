@@ -33,9 +33,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Token};
 use slab::Slab;
 use smol::Async;
-use spool_std::direct::{recv, send_vectored};
+use spool_std::direct::{ReadBuffer, recv, send_vectored};
 
-use crate::io::Socket;
+use crate::io::{Received, Socket};
 
 /// Readiness events one call into the kernel takes; a turn that gets this many asks again.
 const EVENTS_PER_TURN: usize = 1024;
@@ -45,6 +45,8 @@ const ALARM: Token = Token(usize::MAX);
 
 thread_local! {
     static EDGE: OnceCell<Rc<Edge>> = const { OnceCell::new() };
+    /// The thread's plain reads (see [`ReadBuffer`]).
+    static READS: RefCell<ReadBuffer> = RefCell::new(ReadBuffer::new());
 }
 
 /// One server thread's poller and the readiness of its sockets.
@@ -308,6 +310,47 @@ impl Socket for EdgeStream {
         }
         self.readiness(|r| set_waker(&mut r.reader, cx));
         Poll::Pending
+    }
+
+    /// Reads into the thread's [`ReadBuffer`], which lends a small read and gives a large one
+    /// away: neither is copied again before the handler.
+    fn poll_read_into<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(Received<'_>) -> T,
+    ) -> Poll<io::Result<(usize, T)>> {
+        READS.with(|reads| {
+            let Ok(mut reads) = reads.try_borrow_mut() else {
+                // Only if `take` polled a stream: read the way other streams do.
+                return crate::io::poll_read_with_scratch(self, cx, take);
+            };
+            loop {
+                if !self.readiness(|r| r.readable) {
+                    self.wait_readable(cx);
+                    return Poll::Pending;
+                }
+                match reads.recv(&self.socket) {
+                    Ok(n) => {
+                        if n > 0 && n < ReadBuffer::CAPACITY {
+                            // Short: the kernel had no more. Later bytes are a new edge.
+                            self.readiness(|r| r.readable = false);
+                        }
+                        let read = if n == 0 {
+                            Received::Lent(&[])
+                        } else {
+                            reads.take()
+                        };
+                        return Poll::Ready(Ok((n, take(read))));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.wait_readable(cx);
+                        return Poll::Pending;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+        })
     }
 }
 

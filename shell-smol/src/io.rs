@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_lite::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use futures_lite::{future, ready};
 use smol::{Async, Timer};
+pub(crate) use spool_std::direct::Received;
 pub(crate) use spool_std::outgoing::Outgoing;
 
 /// One read's worth of scratch space, per thread. A connection copies only the bytes it read
@@ -43,6 +44,31 @@ pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin {
     fn poll_readiness(&self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
+
+    /// Polls one read and hands its bytes to `take` (none at the end of the stream), returning
+    /// what `take` returns and how many bytes were read. The default lends them from the
+    /// thread's scratch buffer; `take` must not poll a stream.
+    fn poll_read_into<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(Received<'_>) -> T,
+    ) -> Poll<io::Result<(usize, T)>>
+    where
+        Self: Sized,
+    {
+        poll_read_with_scratch(self, cx, take)
+    }
+}
+
+/// The default [`Socket::poll_read_into`]: a read into the thread's scratch buffer, lent.
+pub(crate) fn poll_read_with_scratch<S: AsyncRead + Unpin, T>(
+    stream: &mut S,
+    cx: &mut Context<'_>,
+    take: impl FnOnce(Received<'_>) -> T,
+) -> Poll<io::Result<(usize, T)>> {
+    poll_read_with(stream, cx, |bytes| {
+        (bytes.len(), take(Received::Lent(bytes)))
+    })
 }
 
 impl Socket for Async<TcpStream> {
@@ -70,8 +96,8 @@ impl Socket for futures_rustls::client::TlsStream<Async<TcpStream>> {
 /// Whether a read of `read` bytes emptied the kernel's buffer: it filled less than the scratch
 /// buffer. (For TLS, whether the stream's own buffer is empty is not known; its
 /// [`Socket::poll_readiness`] always says to read.)
-pub(crate) fn was_short(read: &Bytes) -> bool {
-    read.len() < SCRATCH_LEN
+pub(crate) fn was_short(read: usize) -> bool {
+    read < SCRATCH_LEN
 }
 
 /// Polls one read into the thread's scratch buffer and returns a copy of the bytes read (empty
@@ -84,6 +110,8 @@ pub(crate) fn poll_read<S: AsyncRead + Unpin>(
     poll_read_with(stream, cx, Bytes::copy_from_slice)
 }
 
+/// Polls one read into the thread's scratch buffer and gives `take` the bytes read (none at end
+/// of stream) where they lie; returns what `take` returns. `take` must not poll a stream.
 fn poll_read_with<S: AsyncRead + Unpin, T>(
     stream: &mut S,
     cx: &mut Context<'_>,

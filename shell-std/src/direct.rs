@@ -6,10 +6,14 @@
 //! notification), which a socket does not need. On a loopback echo those were about 5% of the
 //! server's time, as much as spool's own bookkeeping. These use `recv`, `send` and `sendmsg`
 //! through rustix, which makes the system calls itself.
+//!
+//! [`ReadBuffer`] is a thread's buffer for plain reads, read into without being zeroed first.
 
 use std::io::{self, IoSlice, Write};
+use std::mem;
 use std::net::TcpStream;
 
+use bytes::Bytes;
 use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 
 /// Reads what the socket has, up to `buf.len()` bytes; `Ok(0)` at the end of the stream.
@@ -19,6 +23,69 @@ use rustix::net::{RecvFlags, SendAncillaryBuffer, SendFlags};
 pub fn recv(socket: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let (read, _) = rustix::net::recv(socket, buf, RecvFlags::empty())?;
     Ok(read)
+}
+
+/// One thread's buffer for its connections' plain reads, taken in turn (an idle connection
+/// holds none). The kernel writes into its spare capacity, which needs no zeroing beforehand.
+/// A small read is then lent where it lies ([`Received::Lent`]): a WebSocket handler unmasks
+/// a message straight out of it. A large one is given away whole ([`Received::Given`]) and
+/// the buffer allocated again at the next read, so that its bytes are not copied a second
+/// time: the core unmasks them in place.
+pub struct ReadBuffer {
+    buf: Vec<u8>,
+}
+
+/// A read's bytes, as [`ReadBuffer::take`] hands them on.
+pub enum Received<'a> {
+    /// Still in the thread's buffer: copy what is to be kept.
+    Lent(&'a [u8]),
+    /// The buffer itself, now the receiver's.
+    Given(Bytes),
+}
+
+impl Default for ReadBuffer {
+    fn default() -> ReadBuffer {
+        ReadBuffer::new()
+    }
+}
+
+impl ReadBuffer {
+    /// The most one read takes.
+    pub const CAPACITY: usize = 64 * 1024;
+    /// Reads of this many bytes or more are given away rather than lent: copying a quarter
+    /// of the buffer costs more than allocating a new one, and a receiver that keeps a piece
+    /// of a given buffer keeps at most four times what it read alive.
+    pub const GIVE_FROM: usize = 16 * 1024;
+
+    /// An empty buffer; the memory comes with the first read.
+    pub fn new() -> ReadBuffer {
+        ReadBuffer { buf: Vec::new() }
+    }
+
+    /// Reads what the socket has, up to [`ReadBuffer::CAPACITY`] bytes, in place of the
+    /// previous read; `Ok(0)` at the end of the stream.
+    ///
+    /// # Errors
+    /// The socket's error; `WouldBlock` on an empty non-blocking socket.
+    pub fn recv(&mut self, socket: &TcpStream) -> io::Result<usize> {
+        self.buf.clear();
+        if self.buf.capacity() < Self::CAPACITY {
+            // The first read, or the one after a buffer was given away.
+            self.buf = Vec::with_capacity(Self::CAPACITY);
+        }
+        let spare = rustix::buffer::spare_capacity(&mut self.buf);
+        let (read, _) = rustix::net::recv(socket, spare, RecvFlags::empty())?;
+        Ok(read)
+    }
+
+    /// The last read's bytes: lent if few, given away if many.
+    pub fn take(&mut self) -> Received<'_> {
+        if self.buf.len() >= Self::GIVE_FROM {
+            Received::Given(Bytes::from(mem::take(&mut self.buf)))
+        } else {
+            Received::Lent(&self.buf)
+        }
+    }
 }
 
 /// Writes as much of `bufs` as the socket takes, in one call. A peer that has gone yields

@@ -27,13 +27,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use bytes::Bytes;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::clock::Clock;
-use crate::direct::{Direct, recv};
+use crate::direct::{Direct, ReadBuffer, Received};
 use crate::handler::{Mailbox, MailboxError, MailboxSink, StartError};
 use crate::outgoing::{MAX_IOVECS, Outgoing};
 use crate::tcp::{self, End, Hangup, Slot};
@@ -483,6 +482,9 @@ struct Loop<H: tcp::Handler> {
     refused: u64,
     refused_logged_ms: u64,
     stop_started: Option<u64>,
+    /// Plain connections' reads.
+    reads: ReadBuffer,
+    /// TLS connections' plaintext.
     scratch: Vec<u8>,
     /// The clock, read once a wake-up: the events of one batch share a millisecond. (Reading
     /// it per event cost more than the rest of the loop's own bookkeeping.)
@@ -512,6 +514,7 @@ impl<H: tcp::Handler> Loop<H> {
             refused: 0,
             refused_logged_ms: 0,
             stop_started: None,
+            reads: ReadBuffer::new(),
             scratch: vec![0; SCRATCH_LEN],
             now_ms,
         }
@@ -859,12 +862,13 @@ impl<H: tcp::Handler> Loop<H> {
                 // The handler is done and the rest is being written: leave reads in the kernel.
                 return Ok(());
             }
+            let plain = entry.tls.is_none();
             let read = match &mut entry.tls {
-                None => match recv(&entry.socket, &mut self.scratch) {
+                None => match self.reads.recv(&entry.socket) {
                     Ok(0) => Err(End::PeerGone),
                     Ok(n) => {
-                        drained = n < self.scratch.len();
-                        Ok(Some(Bytes::copy_from_slice(&self.scratch[..n])))
+                        drained = n < ReadBuffer::CAPACITY;
+                        Ok(Some(n))
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -872,8 +876,8 @@ impl<H: tcp::Handler> Loop<H> {
                 },
                 Some(tls) => read_tls(tls, &entry.socket, &mut self.scratch, entry.peer),
             };
-            let bytes = match read {
-                Ok(Some(bytes)) => bytes,
+            let n = match read {
+                Ok(Some(n)) => n,
                 Ok(None) => {
                     // A TLS handshake may have finished on what was read.
                     if entry.slot.is_none()
@@ -891,8 +895,8 @@ impl<H: tcp::Handler> Loop<H> {
                     return Err(end);
                 }
             };
-            budget = budget.saturating_sub(bytes.len());
-            if lingering || bytes.is_empty() {
+            budget = budget.saturating_sub(n);
+            if lingering || n == 0 {
                 continue;
             }
             if entry.slot.is_none() && entry.tls.as_ref().is_some_and(|t| !t.is_handshaking()) {
@@ -900,7 +904,13 @@ impl<H: tcp::Handler> Loop<H> {
             }
             let entry = &mut self.entries[key];
             if let Some(slot) = &mut entry.slot {
-                slot.data(&self.shared.handler, bytes, now, &mut entry.out);
+                // Lent where it lies (the handler copies what it keeps), or given away whole.
+                let read = if plain {
+                    self.reads.take()
+                } else {
+                    Received::Lent(&self.scratch[..n])
+                };
+                slot.received(&self.shared.handler, read, now, &mut entry.out);
             }
         }
     }
@@ -1111,17 +1121,18 @@ fn write<H: tcp::Handler>(entry: &mut Entry<H>) -> io::Result<()> {
     }
 }
 
-/// One read through TLS: records from the socket, decrypted. `Ok(None)`: nothing more now.
+/// One read through TLS: records from the socket, decrypted into `scratch`; the count of bytes
+/// there. `Ok(None)`: nothing more now.
 fn read_tls(
     tls: &mut rustls::ServerConnection,
     socket: &TcpStream,
     scratch: &mut [u8],
     peer: SocketAddr,
-) -> Result<Option<Bytes>, End> {
+) -> Result<Option<usize>, End> {
     // Plaintext already decrypted first.
     match tls.reader().read(scratch) {
         Ok(0) => return Err(End::PeerGone),
-        Ok(n) => return Ok(Some(Bytes::copy_from_slice(&scratch[..n]))),
+        Ok(n) => return Ok(Some(n)),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(_) => return Err(End::PeerGone),
     }
@@ -1129,7 +1140,7 @@ fn read_tls(
         Ok(0) => return Err(End::PeerGone),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(Bytes::new())),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(Some(0)),
         Err(_) => return Err(End::PeerGone),
     }
     if let Err(e) = tls.process_new_packets() {
@@ -1138,8 +1149,8 @@ fn read_tls(
         let _ = tls.write_tls(&mut &*socket);
         return Err(End::PeerGone);
     }
-    // Records were read; the caller comes back for their plaintext (an empty read means
+    // Records were read; the caller comes back for their plaintext (a read of 0 bytes means
     // "read again"), and writes the handshake records rustls owes the peer.
     let _ = tls.write_tls(&mut &*socket);
-    Ok(Some(Bytes::new()))
+    Ok(Some(0))
 }

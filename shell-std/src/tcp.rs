@@ -111,6 +111,14 @@ pub trait Handler: Send + Sync + 'static {
         conn: &mut Conn<Self::User>,
     );
 
+    /// Runs for each read from the peer, with the bytes still in the shell's read buffer. The
+    /// default hands a copy to [`handle`](Handler::handle) as [`Packet::Data`]; a handler that
+    /// works from the slice (the WebSocket session unmasks messages straight out of it)
+    /// overrides this and spares the copy.
+    fn handle_read(&self, state: &mut Self::State, bytes: &[u8], conn: &mut Conn<Self::User>) {
+        self.handle(state, Packet::Data(Bytes::copy_from_slice(bytes)), conn);
+    }
+
     /// Runs exactly once for every connection whose `on_init` ran, however it ended. `now_ms`
     /// is the server's clock.
     fn on_close(&self, state: Self::State, end: End, now_ms: u64) {
@@ -276,6 +284,27 @@ impl<H: Handler> Slot<H> {
         self.call(handler, now_ms, outgoing, |h, s, c| {
             h.handle(s, Packet::Data(bytes), c);
         });
+    }
+
+    /// Bytes from the peer, still in the shell's read buffer ([`Handler::handle_read`]).
+    pub fn read(&mut self, handler: &H, bytes: &[u8], now_ms: u64, outgoing: &mut Outgoing) {
+        self.call(handler, now_ms, outgoing, |h, s, c| {
+            h.handle_read(s, bytes, c)
+        });
+    }
+
+    /// Bytes from the peer as a [`ReadBuffer`](crate::direct::ReadBuffer) hands them on.
+    pub fn received(
+        &mut self,
+        handler: &H,
+        read: crate::direct::Received<'_>,
+        now_ms: u64,
+        outgoing: &mut Outgoing,
+    ) {
+        match read {
+            crate::direct::Received::Lent(bytes) => self.read(handler, bytes, now_ms, outgoing),
+            crate::direct::Received::Given(bytes) => self.data(handler, bytes, now_ms, outgoing),
+        }
     }
 
     /// A message from the connection's mailbox.

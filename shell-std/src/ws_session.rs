@@ -202,6 +202,25 @@ impl<H: Handler> tcp::Handler for WsProtocol<H> {
         }
     }
 
+    fn handle_read(&self, s: &mut WsSession<H>, bytes: &[u8], conn: &mut tcp::Conn<H::User>) {
+        let now_ms = conn.now_ms();
+        if s.recorder.is_some() {
+            // The recording holds the event the slice stands for.
+            let bytes = Bytes::copy_from_slice(bytes);
+            return self.feed(s, Event::Receive { now_ms, bytes }, conn);
+        }
+        lend_scratch(|work| {
+            let mut out = mem::take(&mut work.out);
+            s.ws.handle_read(now_ms, bytes, &mut out);
+            for outbound in out.drain(..) {
+                self.carry_out(s, work, outbound, conn);
+            }
+            work.out = out;
+            // What the handler's callbacks asked for, as `feed` would have run it next.
+            self.run(s, work, conn);
+        });
+    }
+
     fn deadline(&self, s: &WsSession<H>) -> Option<u64> {
         s.ws.next_deadline()
     }

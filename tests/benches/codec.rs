@@ -16,7 +16,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{Sink, Stream};
 use spool_core::ws::{Event, Message, Outbound};
-use spool_tests::codec::{Replay, SIZES, masked_frames, per_batch, read_into_bytes, spool_server};
+use spool_tests::codec::{Replay, SIZES, masked_frames, per_batch, spool_read, spool_server};
 
 /// Decode and unmask, three codecs, three sizes: 64 KiB of frames a read.
 fn codec_decode(c: &mut Criterion) {
@@ -28,10 +28,10 @@ fn codec_decode(c: &mut Criterion) {
         group.bench_function("spool", |b| {
             let mut ws = spool_server();
             let mut out = Vec::with_capacity(per_read + 1);
+            let mut scratch = Vec::new();
             b.iter(|| {
                 out.clear();
-                let bytes = read_into_bytes(&wire);
-                ws.handle_into(Event::Receive { now_ms: 1, bytes }, &mut out);
+                spool_read(&mut ws, &mut scratch, &wire, &mut out);
                 assert_eq!(out.len(), per_read);
                 black_box(&out);
             })

@@ -7,7 +7,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use spool_core::ws::{Config, Connection, Event};
+use spool_core::ws::{Config, Connection, Event, Outbound};
+use spool_std::direct::ReadBuffer;
 
 const REQUEST: &str = "GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
                        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
@@ -64,13 +65,28 @@ pub fn copy_in_pieces(to: &mut [u8], from: &[u8]) {
     }
 }
 
-/// What spool's shells hand the core: each read copied into fresh `Bytes`, in 1 KiB pieces.
-pub fn read_into_bytes(wire: &[u8]) -> Bytes {
-    let mut read = Vec::with_capacity(wire.len());
-    for piece in wire.chunks(1024) {
-        read.extend_from_slice(piece);
+/// What spool's shells do with a plain read (`spool_std::direct::ReadBuffer`): the socket's
+/// bytes land in the thread's read buffer (copied in 1 KiB pieces, as the other codecs'
+/// simulated socket copies them); a small read is lent to the core where it lies
+/// (`Connection::handle_read`), a large one given away as the event's `Bytes`.
+pub fn spool_read(
+    ws: &mut Connection,
+    scratch: &mut Vec<u8>,
+    wire: &[u8],
+    out: &mut Vec<Outbound>,
+) {
+    if wire.len() >= ReadBuffer::GIVE_FROM {
+        let mut read = Vec::with_capacity(wire.len());
+        for piece in wire.chunks(1024) {
+            read.extend_from_slice(piece);
+        }
+        let bytes = Bytes::from(read);
+        ws.handle_into(Event::Receive { now_ms: 1, bytes }, out);
+    } else {
+        scratch.resize(wire.len(), 0);
+        copy_in_pieces(scratch, wire);
+        ws.handle_read(1, scratch, out);
     }
-    Bytes::from(read)
 }
 
 /// Bytes served round and round, writes swallowed: tungstenite's and tokio-websockets' socket.

@@ -15,7 +15,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use futures_util::{Sink, Stream};
 use spool_core::ws::{Event, Message, Outbound};
-use spool_tests::codec::{Replay, masked_frames, per_batch, read_into_bytes, spool_server};
+use spool_tests::codec::{Replay, masked_frames, per_batch, spool_read, spool_server};
 
 #[inline(never)]
 fn decode(codec: &str, len: usize, n: usize) {
@@ -26,12 +26,12 @@ fn decode(codec: &str, len: usize, n: usize) {
         "spool" => {
             let mut ws = spool_server();
             let mut out = Vec::with_capacity(per_read + 1);
+            let mut scratch = Vec::new();
             let mut left = n;
             while left > 0 {
                 let m = left.min(per_read);
                 out.clear();
-                let bytes = read_into_bytes(&wire[..m * frame]);
-                ws.handle_into(Event::Receive { now_ms: 1, bytes }, &mut out);
+                spool_read(&mut ws, &mut scratch, &wire[..m * frame], &mut out);
                 let delivered = out
                     .iter()
                     .filter(|o| matches!(o, Outbound::Deliver(_)))

@@ -259,6 +259,28 @@ impl Connection {
         }
     }
 
+    /// An [`Event::Receive`] of bytes the caller keeps, such as a read into a buffer of its
+    /// own: the same outbounds, byte for byte, as
+    /// `handle_into(Event::Receive { now_ms, bytes: Bytes::copy_from_slice(bytes) }, out)`.
+    /// Between messages, which is where an open connection usually is when a read arrives,
+    /// whole messages are unmasked straight out of `bytes` into a buffer of their own: one
+    /// pass over each payload and no copy of the read. A recording of the connection holds
+    /// the event above.
+    pub fn handle_read(&mut self, now_ms: u64, bytes: &[u8], out: &mut Vec<Outbound>) {
+        let between_messages = self.phase == Phase::Open
+            && self.buf.is_empty()
+            && self.frame.is_none()
+            && self.message.is_none()
+            && self.deferred_failure.is_none();
+        if !between_messages || bytes.is_empty() {
+            let bytes = Bytes::copy_from_slice(bytes);
+            return self.handle_into(Event::Receive { now_ms, bytes }, out);
+        }
+        self.now_ms = self.now_ms.max(now_ms);
+        self.last_receive_ms = self.now_ms;
+        self.read_from(bytes, out);
+    }
+
     fn fail_deferred(&mut self, out: &mut Vec<Outbound>) {
         if let Some(error) = self.deferred_failure.take()
             && matches!(self.phase, Phase::Open | Phase::Closing)
