@@ -49,6 +49,7 @@ use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
 use crate::io::{
     Clock, Deadline, Outgoing, Received, Socket, drain_until_eof, holds_waker, poll_write,
+    turn_now_ms,
 };
 use crate::runner::Runner;
 
@@ -740,7 +741,7 @@ fn drive<H: tcp::Handler, S: Socket>(
         // socket that is readable already.
         let mut drained: Option<bool> = None;
         let mut turns = 0;
-        // The time the current wake-up is handled at: read once each time the task is polled.
+        // The time the current wake-up is handled at: the runner's turn's (`turn_now_ms`).
         let mut now = 0;
         // True right after an event was handled, when the loop goes round again within the
         // same poll of the task, with the same waker. The stop signal and the mailbox, if they
@@ -769,7 +770,7 @@ fn drive<H: tcp::Handler, S: Socket>(
                 polls += 1;
                 let quick = again && polls == 1;
                 if !quick {
-                    now = clock.now_ms();
+                    now = turn_now_ms(clock);
                     inbox_waiting = false;
                 }
                 if !(quick && stop_waiting) {
