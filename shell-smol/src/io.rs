@@ -20,8 +20,9 @@ use smol::{Async, Timer};
 pub(crate) use spool_std::direct::Received;
 pub(crate) use spool_std::outgoing::Outgoing;
 
-/// One read's worth of scratch space, per thread. A connection copies only the bytes it read
-/// into a `Bytes` it hands to the core, so an idle connection holds no read buffer.
+/// One read's worth of scratch space, per thread, for the reads that do not go through a
+/// [`ReadBuffer`](spool_std::direct::ReadBuffer) (TLS plaintext, clients): the bytes are lent
+/// or copied out, so an idle connection holds no read buffer.
 const SCRATCH_LEN: usize = 64 * 1024;
 
 /// How long a hang-up waits for the peer's end of the stream after our last bytes, so that the

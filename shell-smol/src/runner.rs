@@ -191,15 +191,7 @@ impl Runner {
             {
                 return out;
             }
-            let mut ran = 0;
-            while ran < BUDGET {
-                let Some(runnable) = self.next() else {
-                    break;
-                };
-                runnable.run();
-                ran += 1;
-            }
-            if ran == BUDGET && self.has_work() {
+            if self.run_batch() {
                 // A look at the sockets between batches, so that a busy queue cannot keep a
                 // readable socket waiting.
                 edge.turn(Some(Duration::ZERO));
@@ -228,21 +220,25 @@ impl Runner {
                 return Poll::Ready(out);
             }
             self.local.draining.set(true);
-            let mut ran = 0;
-            while ran < BUDGET {
-                let Some(runnable) = self.next() else {
-                    break;
-                };
-                runnable.run();
-                ran += 1;
-            }
+            let more = self.run_batch();
             self.local.draining.set(false);
-            if ran == BUDGET && self.has_work() {
+            if more {
                 // Back at once, after the reactor's look at the sockets.
                 cx.waker().wake_by_ref();
             }
             Poll::Pending
         }))
+    }
+
+    /// Runs up to [`BUDGET`] ready tasks; true if that many ran and more are ready.
+    fn run_batch(&self) -> bool {
+        for _ in 0..BUDGET {
+            let Some(runnable) = self.next() else {
+                return false;
+            };
+            runnable.run();
+        }
+        self.has_work()
     }
 
     /// Keeps the `block_on` waker where both kinds of wake-up find it.

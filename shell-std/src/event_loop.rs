@@ -50,7 +50,8 @@ const EVENTS_PER_WAIT: usize = 1024;
 /// How much one connection may read in one turn before the others get theirs.
 const READ_BUDGET: usize = 256 * 1024;
 
-/// The scratch buffer every read of a loop goes through; an idle connection holds none.
+/// The scratch buffer every TLS connection's plaintext goes through (plain reads go through the
+/// loop's `ReadBuffer`); an idle connection holds neither.
 const SCRATCH_LEN: usize = 64 * 1024;
 
 /// How long a connection may take over its TLS handshake before it is dropped, by default.
@@ -844,7 +845,7 @@ impl<H: tcp::Handler> Loop<H> {
     fn read(&mut self, key: usize) -> Result<(), End> {
         let mut budget = READ_BUDGET;
         let now = self.now();
-        // A plain read that did not fill the scratch emptied the socket's receive queue: no
+        // A plain read that did not fill the read buffer emptied the socket's receive queue: no
         // need for the second read that would only say "would block". Data arriving later is a
         // new edge, and epoll reports it (as tokio reasons too).
         let mut drained = false;
