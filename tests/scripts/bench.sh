@@ -17,6 +17,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  esac
+done
 
 apt_install() {
   [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq; APT_UPDATED=1; }
