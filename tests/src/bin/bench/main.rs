@@ -80,12 +80,14 @@ fn known_flags(command: &str) -> Option<&'static [&'static str]> {
     })
 }
 
+fn asks_for_help(args: &[String]) -> bool {
+    args.iter()
+        .any(|a| a == "--help" || a == "-h" || a == "help")
+}
+
 /// The command and its flags, or what to print instead (usage, or why the line is wrong).
 fn parse(args: &[String]) -> Result<(&str, Flags), String> {
-    if args
-        .iter()
-        .any(|a| a == "--help" || a == "-h" || a == "help")
-    {
+    if asks_for_help(args) {
         return Err(USAGE.to_string());
     }
     let command = args.first().map_or("", String::as_str);
@@ -99,11 +101,8 @@ fn parse(args: &[String]) -> Result<(&str, Flags), String> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let asked_for_help = args
-        .iter()
-        .any(|a| a == "--help" || a == "-h" || a == "help");
     let result = match parse(&args) {
-        Err(e) if asked_for_help => {
+        Err(e) if asks_for_help(&args) => {
             println!("{e}");
             return ExitCode::SUCCESS;
         }
