@@ -16,7 +16,10 @@
   var KINDS = ["click", "dblclick", "input", "change", "submit"];
   var hooks = window.spoolHooks || {};
   var tree = null; // the rendered JSON of the view, as the server last sent it
-  var forceValues = false; // after a submit, the server may reset a focused input
+  // From a submit until the user types again, the server may reset a focused input. Not
+  // cleared by the next update: updates for keystrokes sent before the submit may still be on
+  // the way, and the reset comes after them.
+  var forceValues = false;
   var spool = (window.spool = { state: "connecting", updates: 0, errors: [] });
   var url = (location.protocol === "https:" ? "wss:" : "ws:") + "//" + location.host + "/live";
   var ws = new WebSocket(url);
@@ -182,7 +185,6 @@
       var r = apply(tree, Array.prototype.slice.call(root.childNodes), m[1]);
       tree = r[0];
       reconcile(root, r[1]);
-      forceValues = false;
       spool.updates++;
     } else if (m[0] === "event") {
       var el = root.querySelector('[spkt-hook-id="' + String(m[1].id).replace(/["\\]/g, "\\$&") + '"]');
@@ -198,6 +200,7 @@
   KINDS.forEach(function (kind) {
     var attr = "spkt-event-" + kind;
     document.addEventListener(kind, function (e) {
+      if (kind === "input") forceValues = false;
       var el = e.target;
       while (el && el.nodeType === 1 && !el.hasAttribute(attr)) el = el.parentElement;
       if (!el || el.nodeType !== 1 || !root.contains(el)) return;
