@@ -6,7 +6,6 @@
 //! calls `handle`, and hands each outbound's frame to its recipients' mailboxes. A broadcast's
 //! frame is one `Bytes`: every recipient gets a reference to the same bytes.
 
-use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -15,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
+use hashbrown::HashMap;
 use spool_core::channel::{self, ClientId, Frame, Outbound, Recipients, Runtime};
 use spool_core::replay::{ChannelLine, ChannelSetup};
 use spool_core::ws::{CloseInfo, Message, Request};
@@ -276,7 +276,10 @@ impl Hub {
             std::thread::Builder::new()
                 .name("spool-hub".into())
                 .spawn(move || {
-                    let mut members: HashMap<ClientId, Member> = HashMap::new();
+                    // Keyed by ClientIds the hub hands out itself, never chosen by a peer: a
+                    // fast hash (foldhash, hashbrown's default) needs no defence against
+                    // flooding, and SipHash cost about 100 instructions a delivery.
+                    let mut members: HashMap<ClientId, Member> = HashMap::default();
                     let mut stopping = false;
                     loop {
                         // One timer: the runtime's next deadline, which a Tick answers.
