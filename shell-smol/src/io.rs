@@ -10,7 +10,9 @@ use std::future::Future;
 use std::io;
 use std::net::{Shutdown, TcpStream};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -227,7 +229,27 @@ pub(crate) struct Deadline {
     armed: Option<u64>,
     /// The waker the armed timer holds, for [`Deadline::poll_due`]; `None` until it is
     /// polled after arming.
-    registered: Option<Waker>,
+    registered: Option<Arc<TimerWake>>,
+}
+
+/// The waker an armed timer is given: it wakes the task and remembers that it did. The caller's
+/// time can be stale when the timer fires (a task woken while it runs is polled again in the
+/// same turn of its runner, with the same `turn_now_ms`), and then only this flag tells
+/// [`Deadline::poll_due`] that the deadline has passed.
+struct TimerWake {
+    fired: AtomicBool,
+    task: Waker,
+}
+
+impl Wake for TimerWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake_by_ref();
+    }
 }
 
 impl Deadline {
@@ -283,29 +305,43 @@ impl Deadline {
     /// during this poll): the timer itself is polled only to hand it the waker, once after
     /// each `arm` and again if the waker changes. A connection woken by its socket then pays
     /// neither the timer's poll nor the clock read inside it, about 150 instructions a
-    /// message. The timer still wakes the task when the deadline passes, and the clock read
-    /// after that wake-up is at or past the deadline: the timer's instant is the clock's own
-    /// start plus the deadline.
+    /// message. The timer still wakes the task when the deadline passes, and says so: Ready
+    /// then, even if `now_ms` is older than the deadline, so the caller must read the clock
+    /// afresh before it checks what is due.
     pub(crate) fn poll_due(&mut self, now_ms: u64, cx: &mut Context<'_>) -> Poll<()> {
         let Some(at) = self.armed else {
             return Poll::Pending;
         };
-        if at <= now_ms {
+        if let Some(wake) = &self.registered {
+            if at > now_ms && !wake.fired.load(Ordering::Acquire) {
+                if wake.task.will_wake(cx.waker()) {
+                    return Poll::Pending;
+                }
+            } else {
+                self.armed = None;
+                self.registered = None;
+                return Poll::Ready(());
+            }
+        } else if at <= now_ms {
             self.armed = None;
-            self.registered = None;
             return Poll::Ready(());
         }
-        if holds_waker(&self.registered, cx) {
-            return Poll::Pending;
-        }
-        if Pin::new(&mut self.timer).poll(cx).is_ready() {
+        let wake = Arc::new(TimerWake {
+            fired: AtomicBool::new(false),
+            task: cx.waker().clone(),
+        });
+        let waker = Waker::from(wake.clone());
+        if Pin::new(&mut self.timer)
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+        {
             // Past the timer's instant but not yet a whole millisecond on: fire early, as
             // `arm_no_later` allows; the caller checks what is due.
             self.armed = None;
             self.registered = None;
             return Poll::Ready(());
         }
-        self.registered = Some(cx.waker().clone());
+        self.registered = Some(wake);
         Poll::Pending
     }
 }
@@ -389,6 +425,29 @@ mod tests {
             deadline.poll_due(2_001, &mut cx),
             Poll::Ready(()),
             "armed again"
+        );
+    }
+
+    #[test]
+    fn a_timer_that_fired_is_due_even_against_a_stale_time() {
+        // A task woken by its timer while it runs is polled again in the same turn of its
+        // runner, with the time that turn read, which can be before the deadline: the timer's
+        // word must be enough. (Before, such a task waited for its next event, or for ever.)
+        let clock = Clock::new();
+        let mut deadline = Deadline::new();
+        let stale = clock.now_ms();
+        let at = stale + 30;
+        deadline.arm(Some(at), &clock);
+        let (count, waker) = counting();
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(deadline.poll_due(stale, &mut cx), Poll::Pending);
+        smol::block_on(Timer::after(Duration::from_millis(60)));
+        assert!(wait_for_wake(&count), "the timer never woke the task");
+        assert_eq!(deadline.poll_due(stale, &mut cx), Poll::Ready(()));
+        assert_eq!(
+            deadline.poll_due(stale, &mut cx),
+            Poll::Pending,
+            "fired once"
         );
     }
 

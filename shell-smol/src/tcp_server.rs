@@ -831,6 +831,10 @@ fn drive<H: tcp::Handler, S: Socket>(
             match wake {
                 Wake::Stop => slot.shutdown(handler, now, out),
                 Wake::Deadline => {
+                    // The turn's time can be older than the timer that fired (see
+                    // `Deadline::poll_due`); a timer fires about once a keep-alive period, so
+                    // the clock is read afresh here.
+                    now = clock.now_ms();
                     if slot.deadline(handler).is_some_and(|at| at <= now) {
                         slot.deadline_passed(handler, now, out);
                     }
