@@ -4,7 +4,7 @@
 //!
 //! Nothing here looks inside the bytes: frames and HTTP heads are the core's business.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::fs::File;
 use std::future::Future;
 use std::io;
@@ -198,31 +198,6 @@ pub(crate) async fn drain_until_eof<S: AsyncRead + Unpin>(stream: &mut S) {
 
 pub(crate) use spool_std::clock::Clock;
 
-thread_local! {
-    /// The runner's turn at which [`turn_now_ms`] last read the clock, and what it read.
-    static TURN_NOW: Cell<(u64, u64)> = const { Cell::new((u64::MAX, 0)) };
-}
-
-/// `clock.now_ms()`, read once a turn of this thread's runner and shared by every connection
-/// that runs in that turn, the way spool-std's loop reads it once a wake-up: a clock read is
-/// about 120 instructions, a third of what the smol shell adds to a message. It is stale by at
-/// most one turn's work (a runner's budget of tasks), never by a timer: a timer wakes its
-/// task from async-io's thread, which starts a new turn, so [`Deadline::poll_due`] still sees
-/// the time at or past the deadline it fired for. The clock must be the same on every call
-/// on a thread: a server thread runs one server's connections.
-pub(crate) fn turn_now_ms(clock: &Clock) -> u64 {
-    let turn = crate::runner::turn();
-    TURN_NOW.with(|cached| {
-        let (at, ms) = cached.get();
-        if at == turn {
-            return ms;
-        }
-        let ms = clock.now_ms();
-        cached.set((turn, ms));
-        ms
-    })
-}
-
 /// One timer per connection, re-armed only when the core's next deadline changes.
 pub(crate) struct Deadline {
     timer: Timer,
@@ -233,9 +208,9 @@ pub(crate) struct Deadline {
 }
 
 /// The waker an armed timer is given: it wakes the task and remembers that it did. The caller's
-/// time can be stale when the timer fires (a task woken while it runs is polled again in the
-/// same turn of its runner, with the same `turn_now_ms`), and then only this flag tells
-/// [`Deadline::poll_due`] that the deadline has passed.
+/// time can be older than the timer when it fires (a connection's quick second look within one
+/// poll reuses the time of the first), and then only this flag tells [`Deadline::poll_due`]
+/// that the deadline has passed.
 struct TimerWake {
     fired: AtomicBool,
     task: Waker,

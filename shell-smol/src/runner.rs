@@ -48,23 +48,6 @@ thread_local! {
     static CURRENT: RefCell<Option<Rc<Local>>> = const { RefCell::new(None) };
 }
 
-thread_local! {
-    /// Counts the runner's looks outside itself on this thread: each wait in (or glance at)
-    /// the poller or the reactor, and each take of tasks woken from another thread.
-    static TURN: Cell<u64> = const { Cell::new(0) };
-}
-
-/// Which look outside itself this thread's runner is at (see `io::turn_now_ms`). Whatever can
-/// have happened since the last look (a timer firing on async-io's thread, bytes arriving)
-/// reaches the tasks only through a later one.
-pub(crate) fn turn() -> u64 {
-    TURN.with(Cell::get)
-}
-
-fn next_turn() {
-    TURN.with(|t| t.set(t.get().wrapping_add(1)));
-}
-
 /// Ids of runners, so that a wake-up can tell whether it is on its own runner's thread.
 static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
@@ -195,7 +178,6 @@ impl Runner {
                 // A look at the sockets between batches, so that a busy queue cannot keep a
                 // readable socket waiting.
                 edge.turn(Some(Duration::ZERO));
-                next_turn();
                 continue;
             }
             // Announce the sleep, then look once more: a wake-up from another thread either
@@ -206,15 +188,12 @@ impl Runner {
                 continue;
             }
             edge.turn(None);
-            next_turn();
             shared.sleeping.store(false, Ordering::SeqCst);
         }
     }
 
     fn run_in_reactor<T>(&self, mut main: Pin<&mut impl Future<Output = T>>) -> T {
         smol::block_on(future::poll_fn(|cx| {
-            // Polled again after the reactor ran, or was woken from elsewhere.
-            next_turn();
             self.remember(cx.waker());
             if let Poll::Ready(out) = main.as_mut().poll(cx) {
                 return Poll::Ready(out);
@@ -258,8 +237,6 @@ impl Runner {
         if !self.shared.remote_waiting.load(Ordering::Acquire) {
             return None;
         }
-        // A task woken from another thread may have been woken by a timer.
-        next_turn();
         let mut remote = lock(&self.shared.remote);
         self.shared.remote_waiting.store(false, Ordering::Release);
         let mut queue = self.local.queue.borrow_mut();

@@ -49,7 +49,6 @@ use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
 use crate::io::{
     Clock, Deadline, Outgoing, Received, Socket, drain_until_eof, holds_waker, poll_write,
-    turn_now_ms,
 };
 use crate::runner::Runner;
 
@@ -741,7 +740,7 @@ fn drive<H: tcp::Handler, S: Socket>(
         // socket that is readable already.
         let mut drained: Option<bool> = None;
         let mut turns = 0;
-        // The time the current wake-up is handled at: the runner's turn's (`turn_now_ms`).
+        // The time the current wake-up is handled at, read once a poll.
         let mut now = 0;
         // True right after an event was handled, when the loop goes round again within the
         // same poll of the task, with the same waker. The stop signal and the mailbox, if they
@@ -770,7 +769,7 @@ fn drive<H: tcp::Handler, S: Socket>(
                 polls += 1;
                 let quick = again && polls == 1;
                 if !quick {
-                    now = turn_now_ms(clock);
+                    now = clock.now_ms();
                     inbox_waiting = false;
                 }
                 if !(quick && stop_waiting) {
@@ -831,7 +830,7 @@ fn drive<H: tcp::Handler, S: Socket>(
             match wake {
                 Wake::Stop => slot.shutdown(handler, now, out),
                 Wake::Deadline => {
-                    // The turn's time can be older than the timer that fired (see
+                    // The poll's time can be older than the timer that fired (see
                     // `Deadline::poll_due`); a timer fires about once a keep-alive period, so
                     // the clock is read afresh here.
                     now = clock.now_ms();

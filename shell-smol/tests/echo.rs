@@ -492,18 +492,16 @@ fn a_peer_that_stops_reading_is_closed_by_the_core_timers() {
     frame.extend_from_slice(&len.to_be_bytes());
     frame.extend_from_slice(&[0; 4]);
     frame.resize(frame.len() + len as usize, b'x');
-    let started = std::time::Instant::now();
-    tcp.write_all(&frame).unwrap();
+    // A server that timed this peer out before reading it all may hang up mid-write.
+    let _ = tcp.write_all(&frame);
     let closes = echo.wait_closes(1);
-    assert_eq!(closes[0].code, 1001, "{closes:?}");
-    // Without its timers the server would wait on this peer for ever; with them it cannot
-    // end before the idle timeout and the close timeout have both run out. (No upper bound
-    // but wait_closes': a loaded machine moves it by seconds, and a 16 MiB echo in a debug
-    // build is slow.)
-    assert!(
-        started.elapsed() >= Duration::from_millis(600),
-        "{:?}",
-        started.elapsed()
+    // Without its timers the server would wait on this peer for ever. Which timer ends it
+    // depends on how soon the server reads: on a loaded machine it may not read at all before
+    // the idle timeout, so only the close itself is checked, not its time.
+    assert_eq!(
+        (closes[0].code, closes[0].reason.as_str()),
+        (1001, "idle timeout"),
+        "{closes:?}"
     );
     drop(tcp);
     server.shutdown();
