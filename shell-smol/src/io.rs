@@ -405,9 +405,9 @@ mod tests {
 
     #[test]
     fn a_timer_that_fired_is_due_even_against_a_stale_time() {
-        // A task woken by its timer while it runs is polled again in the same turn of its
-        // runner, with the time that turn read, which can be before the deadline: the timer's
-        // word must be enough. (Before, such a task waited for its next event, or for ever.)
+        // A connection's quick second look within one poll reuses the first look's time,
+        // which can be before a deadline whose timer fired in between: the timer's word must
+        // be enough. (Before, such a task waited for its next event, or for ever.)
         let clock = Clock::new();
         let mut deadline = Deadline::new();
         let stale = clock.now_ms();
