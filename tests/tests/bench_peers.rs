@@ -4,9 +4,9 @@
 //! subscriber. Correctness only: nothing here is timed.
 
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use spool_core::ws::{Config, Message};
@@ -27,10 +27,34 @@ fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
+/// Held from choosing a port until the server listens on it: this file's tests run in
+/// parallel, and the kernel may hand a port just freed to the next `bind(0)`, so two of them
+/// could otherwise pick the same one, and the loser's check would reach the winner's server.
+static STARTING: Mutex<()> = Mutex::new(());
+
+/// How many ports a server is tried on: another process (a client's ephemeral port, say) can
+/// take the chosen one before the server binds it; the server then exits, and is started again
+/// on another.
+const START_ATTEMPTS: usize = 5;
+
 fn start(program: impl Into<PathBuf>, args: &[&str]) -> Server {
-    let port = free_port();
     let program = program.into();
-    let child = Command::new(&program)
+    let _starting = STARTING.lock().unwrap_or_else(PoisonError::into_inner);
+    for _ in 0..START_ATTEMPTS {
+        if let Some(server) = try_start(&program, args) {
+            return server;
+        }
+    }
+    panic!(
+        "{} exited before listening, on {START_ATTEMPTS} ports",
+        program.display()
+    );
+}
+
+/// The server listening on a free port, or `None` if it exited first (its port was taken).
+fn try_start(program: &Path, args: &[&str]) -> Option<Server> {
+    let port = free_port();
+    let child = Command::new(program)
         .args(args)
         .arg(port.to_string())
         .stdin(Stdio::null())
@@ -41,7 +65,8 @@ fn start(program: impl Into<PathBuf>, args: &[&str]) -> Server {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = server.0.try_wait() {
-            panic!("{} exited: {status}", program.display());
+            eprintln!("{} exited ({status}) on port {port}", program.display());
+            return None;
         }
         assert!(
             Instant::now() < deadline,
@@ -50,7 +75,7 @@ fn start(program: impl Into<PathBuf>, args: &[&str]) -> Server {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    server
+    Some(server)
 }
 
 fn node_script(name: &str) -> (String, String) {
