@@ -415,7 +415,7 @@ pub fn run(flags: &Flags) -> Result<(), String> {
     }
     targets(&mut table);
     table.notes.push(format!(
-        "- {} mode, {} run(s) per echo and fast fan-out figure (median); took {:.0} s. Server pinned to core 0, \
+        "- {} mode, {} run(s) per echo and fan-out figure (median); took {:.0} s. Server pinned to core 0, \
          load generator (spool-core) to core 1.",
         if quick { "quick" } else { "full" },
         env.runs,
@@ -629,40 +629,15 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
     let paced_broadcasts = if env.quick { 5 } else { 10 };
     table.notes.push(format!(
         "- fan-out: {subs} subscribers of one topic, {fast_broadcasts} broadcasts as fast as \
-         the publisher can send them ({} run(s), round robin: the median, and the worst run's \
-         missing deliveries), then {paced_broadcasts} at one a second.",
+         the publisher can send them, then {paced_broadcasts} at one a second; each {} time(s), \
+         round robin across the servers: the median, and the worst run's missing deliveries.",
         env.runs
     ));
-    // The fast run lasts about a second, and its rate moves by a third from one run to the
-    // next (how many frames a connection finds waiting, and so writes at once, varies): it is
-    // run like the echo figures, round robin across the servers, and the median is kept.
-    let mut fast: BTreeMap<usize, BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
-    for _ in 0..env.runs {
-        for (index, spec) in specs.iter().enumerate() {
-            let Some(v) = fanout_once(env, table, spec, "fast", subs, fast_broadcasts, 0.0)? else {
-                continue;
-            };
-            let mine = fast.entry(index).or_default();
-            for key in [
-                "dps",
-                "missing",
-                "cpu_us_per_delivery",
-                "writes_per_delivery",
-            ] {
-                mine.entry(key)
-                    .or_default()
-                    .push(v.get(key).copied().unwrap_or(f64::NAN));
-            }
-            if v.get("load_cpu_pct").is_some_and(|p| *p > 95.0) {
-                table.notes.push(format!(
-                    "- fan-out fast on {}: the load generator used {:.0}% of its core \
-                     (the rate may be the generator's)",
-                    col_name(spec.col),
-                    v["load_cpu_pct"]
-                ));
-            }
-        }
-    }
+    // Both modes move from run to run (the fast one by a third, with how many frames a
+    // connection finds waiting and so writes at once; the paced p99 by a fifth, with the
+    // kernel's cost of a loopback send), so each runs like the echo figures: round robin
+    // across the servers, and the median is kept.
+    let fast = fanout_rounds(env, table, &specs, "fast", subs, fast_broadcasts, 0.0)?;
     for (index, mut figures) in fast {
         let col = specs[index].col;
         let mut take = |key: &str| figures.remove(key).unwrap_or_default();
@@ -672,18 +647,11 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
             col,
             median(take("dps")),
         );
-        // One run that lost a delivery is a loss, whatever the others did.
-        let missing = take("missing");
-        let worst = missing.iter().copied().fold(0.0, f64::max);
         table.set(
             "fan-out, as fast as offered: missing deliveries",
             Better::Lower,
             col,
-            if missing.iter().any(|m| m.is_nan()) {
-                f64::NAN
-            } else {
-                worst
-            },
+            worst(&take("missing")),
         );
         table.set(
             "fan-out, as fast as offered: server CPU per delivery (us)",
@@ -701,31 +669,82 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
             );
         }
     }
-    for spec in &specs {
-        let Some(v) = fanout_once(env, table, spec, "paced", subs, paced_broadcasts, 1.0)? else {
-            continue;
-        };
-        let get = |k: &str| v.get(k).copied().unwrap_or(f64::NAN);
+    let paced = fanout_rounds(env, table, &specs, "paced", subs, paced_broadcasts, 1.0)?;
+    for (index, mut figures) in paced {
+        let col = specs[index].col;
+        let mut take = |key: &str| figures.remove(key).unwrap_or_default();
         table.set(
             "fan-out, 1 broadcast/s: p99 latency (ms)",
             Better::Lower,
-            spec.col,
-            get("p99_ms"),
+            col,
+            median(take("p99_ms")),
         );
         table.set(
             "fan-out, 1 broadcast/s: server CPU per delivery (us)",
             Better::Lower,
-            spec.col,
-            get("cpu_us_per_delivery"),
+            col,
+            median(take("cpu_us_per_delivery")),
         );
         table.set(
             "fan-out, 1 broadcast/s: missing deliveries",
             Better::Lower,
-            spec.col,
-            get("missing"),
+            col,
+            worst(&take("missing")),
         );
     }
     Ok(())
+}
+
+/// One run was missing this many deliveries at worst; NaN when a run gave no figure (a run
+/// that lost a delivery is a loss, whatever the others did).
+fn worst(missing: &[f64]) -> f64 {
+    if missing.iter().any(|m| m.is_nan()) {
+        f64::NAN
+    } else {
+        missing.iter().copied().fold(0.0, f64::max)
+    }
+}
+
+/// Runs one fan-out mode `env.runs` times, round robin across `specs`: per server (by index),
+/// each figure's values over the runs.
+fn fanout_rounds(
+    env: &mut Env,
+    table: &mut Table,
+    specs: &[Spec],
+    mode: &str,
+    subs: usize,
+    broadcasts: usize,
+    rate: f64,
+) -> Result<BTreeMap<usize, BTreeMap<&'static str, Vec<f64>>>, String> {
+    let mut figures: BTreeMap<usize, BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
+    for _ in 0..env.runs {
+        for (index, spec) in specs.iter().enumerate() {
+            let Some(v) = fanout_once(env, table, spec, mode, subs, broadcasts, rate)? else {
+                continue;
+            };
+            let mine = figures.entry(index).or_default();
+            for key in [
+                "dps",
+                "missing",
+                "p99_ms",
+                "cpu_us_per_delivery",
+                "writes_per_delivery",
+            ] {
+                mine.entry(key)
+                    .or_default()
+                    .push(v.get(key).copied().unwrap_or(f64::NAN));
+            }
+            if rate <= 0.0 && v.get("load_cpu_pct").is_some_and(|p| *p > 95.0) {
+                table.notes.push(format!(
+                    "- fan-out {mode} on {}: the load generator used {:.0}% of its core \
+                     (the rate may be the generator's)",
+                    col_name(spec.col),
+                    v["load_cpu_pct"]
+                ));
+            }
+        }
+    }
+    Ok(figures)
 }
 
 /// One fan-out run against a fresh server: the load generator's figures, or `None` (with a
