@@ -799,8 +799,10 @@ impl<H: tcp::Handler> Loop<H> {
             }
             self.open(socket, peer);
         }
-        // Connections with more mail to come in this batch, written at its end: their frames
-        // then go out in one write.
+        // Connections with more mail counted, written at the batch's end: their frames then go
+        // out in one write. Written there even if their last counted message never comes in
+        // this batch (it may be in the next, or be one refused as Full, counted for a moment),
+        // so that nothing handled waits for the connection's next event.
         let mut later = Vec::new();
         let now = self.now();
         for (key, generation, message) in messages {

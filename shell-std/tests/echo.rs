@@ -333,6 +333,59 @@ fn a_mailbox_message_reaches_handle_as_user() {
 }
 
 #[test]
+fn interleaved_mailbox_messages_to_several_connections_all_arrive_in_order() {
+    // One thread sends round after round to every connection, as a broadcast hub does: the
+    // event loop finds them interleaved in its inbox, writes a connection at once when its
+    // last message of the batch is handled and the others at the batch's end. Every message
+    // must come out, in order, on each connection.
+    const CONNECTIONS: usize = 4;
+    const ROUNDS: usize = 200;
+    let (tx, mailboxes) = mpsc::channel();
+    let echo = Echo {
+        mailboxes: Mutex::new(Some(tx)),
+        ..Echo::default()
+    };
+    let server = Server::new(echo).threads(1).start().unwrap();
+    let url = format!("ws://{}/", server.local_addr());
+    let mut clients: Vec<Client> = (0..CONNECTIONS)
+        .map(|_| Client::connect(&url, Config::default()).unwrap())
+        .collect();
+    let boxes: Vec<Mailbox<String>> = (0..CONNECTIONS)
+        .map(|_| mailboxes.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    std::thread::spawn(move || {
+        for round in 0..ROUNDS {
+            for mailbox in &boxes {
+                mailbox.send(round.to_string()).unwrap();
+            }
+        }
+    })
+    .join()
+    .unwrap();
+    // A lost write leaves a client waiting for good: it reads on a thread of its own, and the
+    // test waits a bounded time for the verdict.
+    let (done_tx, done) = mpsc::channel();
+    std::thread::spawn(move || {
+        for client in &mut clients {
+            for round in 0..ROUNDS {
+                let got = client.recv().map_err(|e| e.to_string());
+                if got != Ok(Message::text(format!("user:{round}"))) {
+                    let _ = done_tx.send(Err(format!("round {round}: {got:?}")));
+                    return;
+                }
+            }
+            let _ = client.close(1000, "");
+        }
+        let _ = done_tx.send(Ok(()));
+    });
+    let verdict = done
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| Err("messages still missing after 20 s".to_string()));
+    assert_eq!(verdict, Ok(()));
+    server.shutdown();
+}
+
+#[test]
 fn wss_round_trip_with_a_self_signed_certificate() {
     let (dir, cert, key) = common::self_signed_cert("tls");
 
