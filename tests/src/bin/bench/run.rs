@@ -350,6 +350,45 @@ fn run_load(env: &Env, args: &[String], timeout: Duration) -> Result<String, Str
         .ok_or_else(|| format!("the load printed nothing: {}", err.trim()))
 }
 
+/// Runs the load `command` with `flags` against the server on `port` (its process `pid`),
+/// and gives the figures of its result line; a failure becomes a note under the table (`what`
+/// names the run there) and `None`.
+fn measure(
+    env: &mut Env,
+    table: &mut Table,
+    what: &str,
+    command: &str,
+    flags: &[(&str, String)],
+    (port, pid): (u16, u32),
+    timeout: Duration,
+) -> Option<BTreeMap<String, f64>> {
+    let mut args = vec![
+        command.to_string(),
+        "--addr".into(),
+        format!("127.0.0.1:{port}"),
+    ];
+    for (name, value) in flags {
+        args.push(format!("--{name}"));
+        args.push(value.clone());
+    }
+    args.extend([
+        "--pid".into(),
+        pid.to_string(),
+        "--process".into(),
+        env.next_process().to_string(),
+    ]);
+    match run_load(env, &args, timeout) {
+        Ok(line) => {
+            eprintln!("  {what} {line}");
+            Some(values(&line))
+        }
+        Err(e) => {
+            table.notes.push(format!("- {what}: {e}"));
+            None
+        }
+    }
+}
+
 /// `key=value` pairs of a result line.
 fn values(line: &str) -> BTreeMap<String, f64> {
     line.split_whitespace()
@@ -481,37 +520,18 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
             for len in [1024usize, 16] {
                 let size = size_name(len);
                 let (server, port) = start_server(env, spec, &format!("echo-{len}-{run}"))?;
-                let pid = server.0.id();
-                let args: Vec<String> = [
-                    "echo",
-                    "--addr",
-                    &format!("127.0.0.1:{port}"),
-                    "--conns",
-                    "100",
-                    "--len",
-                    &len.to_string(),
-                    "--secs",
-                    &secs.to_string(),
-                    "--warmup",
-                    &warmup.to_string(),
-                    "--pid",
-                    &pid.to_string(),
-                    "--process",
-                    &env.next_process().to_string(),
-                ]
-                .map(String::from)
-                .to_vec();
-                let line = match run_load(env, &args, Duration::from_secs(60)) {
-                    Ok(line) => line,
-                    Err(e) => {
-                        table
-                            .notes
-                            .push(format!("- echo {size} on {}: {e}", col_name(spec.col)));
-                        continue;
-                    }
+                let flags = [
+                    ("conns", "100".to_string()),
+                    ("len", len.to_string()),
+                    ("secs", secs.to_string()),
+                    ("warmup", warmup.to_string()),
+                ];
+                let what = format!("echo {size} on {}", col_name(spec.col));
+                let target = (port, server.0.id());
+                let timeout = Duration::from_secs(60);
+                let Some(v) = measure(env, table, &what, "echo", &flags, target, timeout) else {
+                    continue;
                 };
-                eprintln!("  {} {line}", col_name(spec.col));
-                let v = values(&line);
                 let mine = figures.entry((index, len)).or_default();
                 for key in [
                     "rtps",
@@ -759,35 +779,17 @@ fn fanout_once(
     rate: f64,
 ) -> Result<Option<BTreeMap<String, f64>>, String> {
     let (server, port) = start_server(env, spec, &format!("fanout-{mode}"))?;
-    let args: Vec<String> = [
-        "fanout",
-        "--addr",
-        &format!("127.0.0.1:{port}"),
-        "--subs",
-        &subs.to_string(),
-        "--broadcasts",
-        &broadcasts.to_string(),
-        "--rate",
-        &rate.to_string(),
-        "--pid",
-        &server.0.id().to_string(),
-        "--process",
-        &env.next_process().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    let line = match run_load(env, &args, Duration::from_secs(240)) {
-        Ok(l) => l,
-        Err(e) => {
-            table
-                .notes
-                .push(format!("- fan-out {mode} on {}: {e}", col_name(spec.col)));
-            return Ok(None);
-        }
-    };
-    eprintln!("  {} {mode} {line}", col_name(spec.col));
+    let flags = [
+        ("subs", subs.to_string()),
+        ("broadcasts", broadcasts.to_string()),
+        ("rate", rate.to_string()),
+    ];
+    let what = format!("fan-out {mode} on {}", col_name(spec.col));
+    let target = (port, server.0.id());
+    let timeout = Duration::from_secs(240);
+    let figures = measure(env, table, &what, "fanout", &flags, target, timeout);
     drop(server);
-    Ok(Some(values(&line)))
+    Ok(figures)
 }
 
 /// Idle connections held by client processes (at most 9,000 each) against a running server.
