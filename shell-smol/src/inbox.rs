@@ -1,11 +1,13 @@
 //! A server connection's mailbox on smol: the queue other threads put user messages in, and
 //! the waker of the connection's task.
 //!
-//! One small allocation a connection (88 bytes), shared by every [`Mailbox`](crate::Mailbox)
-//! handed out and by the task that takes the messages. It replaced a smol channel, whose
-//! channel, count, sink and listener came to about 1,100 bytes a connection, most of it the
-//! channel's cache-padded queue. The queue holds no buffer while it is empty, so an idle
-//! connection that once had mail does not keep the room its busiest moment needed.
+//! One small allocation a connection, shared by every [`Mailbox`](crate::Mailbox) handed out and
+//! by the task that takes the messages. It replaced a smol channel, whose channel, count, sink
+//! and listener came to about 1,100 bytes a connection, most of it the channel's cache-padded
+//! queue. The oldest message waits in the mailbox itself and only those behind it in a queue,
+//! which holds no buffer while it is empty: an idle connection that once had mail does not keep
+//! the room its busiest moment needed, and a connection that gets one message at a time (a
+//! subscriber of a topic broadcast once a second) never allocates one.
 
 use std::collections::VecDeque;
 use std::mem;
@@ -22,6 +24,9 @@ pub(crate) struct Inbox<U> {
 }
 
 struct State<U> {
+    /// The oldest message; `None` only when `queue` is empty too.
+    first: Option<U>,
+    /// The messages behind `first`, oldest first.
     queue: VecDeque<U>,
     /// The task to wake when a message arrives, while it waits for one.
     waker: Option<Waker>,
@@ -33,6 +38,7 @@ impl<U> Inbox<U> {
     pub(crate) fn new(capacity: usize) -> Arc<Inbox<U>> {
         Arc::new(Inbox {
             state: Mutex::new(State {
+                first: None,
                 queue: VecDeque::new(),
                 waker: None,
                 closed: false,
@@ -70,19 +76,23 @@ impl<U> Inbox<U> {
 
     /// Refuses every later message, and drops those still waiting: nothing will take them.
     pub(crate) fn close(&self) {
-        let (queue, waker) = {
+        let left = {
             let mut state = self.lock();
             state.closed = true;
-            (mem::take(&mut state.queue), state.waker.take())
+            (
+                state.first.take(),
+                mem::take(&mut state.queue),
+                state.waker.take(),
+            )
         };
         // Outside the lock: a message's drop or a waker may do anything, this mailbox included.
-        drop((queue, waker));
+        drop(left);
     }
 
     /// Messages waiting.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().queue.len()
+        self.lock().len()
     }
 
     /// Room the queue holds, in messages.
@@ -93,11 +103,26 @@ impl<U> Inbox<U> {
 }
 
 impl<U> State<U> {
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.queue.len()
+    }
+
+    fn push(&mut self, message: U) {
+        if self.first.is_none() {
+            self.first = Some(message);
+        } else {
+            self.queue.push_back(message);
+        }
+    }
+
     fn pop(&mut self) -> Option<U> {
-        let message = self.queue.pop_front()?;
-        if self.queue.is_empty() {
-            // Emptied: the buffer goes, so an idle connection holds none.
-            self.queue = VecDeque::new();
+        let message = self.first.take()?;
+        if !self.queue.is_empty() {
+            self.first = self.queue.pop_front();
+            if self.queue.is_empty() {
+                // Emptied: the buffer goes, so an idle connection holds none.
+                self.queue = VecDeque::new();
+            }
         }
         Some(message)
     }
@@ -110,10 +135,10 @@ impl<U: Send> MailboxSink<U> for Inbox<U> {
             if state.closed {
                 return Err(MailboxError::Gone(message));
             }
-            if state.queue.len() >= self.capacity {
+            if state.len() >= self.capacity {
                 return Err(MailboxError::Full(message));
             }
-            state.queue.push_back(message);
+            state.push(message);
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -174,6 +199,39 @@ mod tests {
         let one = Inbox::new(0);
         assert_eq!(one.deliver(()), Ok(()));
         assert_eq!(one.deliver(()), Err(MailboxError::Full(())));
+    }
+
+    #[test]
+    fn one_message_at_a_time_needs_no_buffer_and_order_holds_across_both_places() {
+        let inbox = Inbox::new(4);
+        for i in 0..3 {
+            assert_eq!(inbox.deliver(i), Ok(()));
+            assert_eq!(inbox.room(), 0);
+            assert_eq!(inbox.try_recv(), Some(i));
+        }
+        // Messages pushed and taken in turns come out in the order they went in.
+        let mut expected = 0;
+        let mut next = 0;
+        for round in 0..20 {
+            for _ in 0..(round % 4) {
+                if inbox.deliver(next) == Ok(()) {
+                    next += 1;
+                }
+            }
+            for _ in 0..(round % 3) {
+                if let Some(m) = inbox.try_recv() {
+                    assert_eq!(m, expected);
+                    expected += 1;
+                }
+            }
+            assert!(inbox.len() <= 4);
+        }
+        while let Some(m) = inbox.try_recv() {
+            assert_eq!(m, expected);
+            expected += 1;
+        }
+        assert_eq!(expected, next);
+        assert_eq!(inbox.room(), 0);
     }
 
     #[test]
