@@ -290,6 +290,25 @@ impl<U> Conn<U> {
             self.actions = list;
         }
     }
+
+    /// Passes this connection's lent list, if it is empty, on to `inner`, a connection
+    /// wrapped in this one (see [`crate::live::Site`]): the inner handler's sends then need no
+    /// list of their own. [`Conn::append_actions`] brings the list back.
+    pub(crate) fn lend_actions_to<V>(&mut self, inner: &mut Conn<V>) {
+        if self.actions.is_empty() {
+            inner.lend_actions(std::mem::take(&mut self.actions));
+        }
+    }
+
+    /// Queues `actions` after this connection's own, keeping the list (and its capacity)
+    /// when this connection has none queued.
+    pub(crate) fn append_actions(&mut self, mut actions: Vec<Action>) {
+        if self.actions.is_empty() {
+            std::mem::swap(&mut self.actions, &mut actions);
+        } else {
+            self.actions.append(&mut actions);
+        }
+    }
 }
 
 /// Why a server could not start.
@@ -387,5 +406,63 @@ impl std::error::Error for ClientError {
 impl From<std::io::Error> for ClientError {
     fn from(e: std::io::Error) -> Self {
         ClientError::Io(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoMail;
+
+    impl<U: Send> MailboxSink<U> for NoMail {
+        fn deliver(&self, message: U) -> Result<(), MailboxError<U>> {
+            Err(MailboxError::Gone(message))
+        }
+        fn close(&self) {}
+    }
+
+    fn conn() -> Conn<()> {
+        let peer = "127.0.0.1:1".parse().unwrap();
+        Conn::new(
+            peer,
+            Request::default(),
+            None,
+            Mailbox::new(Arc::new(NoMail)),
+        )
+    }
+
+    fn sent(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .map(|a| match a {
+                Action::Send(Message::Text(t)) => t.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_wrapped_connection_borrows_the_lent_list_and_gives_it_back_in_order() {
+        let (mut outer, mut inner) = (conn(), conn());
+        outer.lend_actions(Vec::with_capacity(8));
+        outer.lend_actions_to(&mut inner);
+        assert_eq!((outer.actions.capacity(), inner.actions.capacity()), (0, 8));
+        inner.send(Message::text("a"));
+        inner.send(Message::text("b"));
+        outer.append_actions(inner.take_actions());
+        // The same list came back: no allocation, and the inner connection keeps none.
+        assert_eq!(outer.actions.capacity(), 8);
+        assert_eq!(inner.actions.capacity(), 0);
+        assert_eq!(sent(&outer.take_actions()), ["a", "b"]);
+
+        // With actions of its own queued, the outer list is not lent; the inner ones follow.
+        let (mut outer, mut inner) = (conn(), conn());
+        outer.send(Message::text("own"));
+        outer.lend_actions_to(&mut inner);
+        assert_eq!(inner.actions.capacity(), 0);
+        inner.send(Message::text("c"));
+        outer.append_actions(inner.take_actions());
+        assert_eq!(sent(&outer.take_actions()), ["own", "c"]);
     }
 }

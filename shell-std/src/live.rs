@@ -486,17 +486,27 @@ fn inner_conn<U: Send + 'static, V: Send + 'static>(
 }
 
 impl<H: Handler> Site<H> {
-    /// Moves what an inner handler queued onto the real connection, counting sends.
-    fn carry<U, V>(&self, inner: &mut Conn<U>, outer: &mut Conn<V>) {
-        for action in inner.take_actions() {
-            match action {
-                Action::Send(m) => {
-                    self.stats.messages_out.fetch_add(1, Ordering::Relaxed);
-                    outer.send(m);
-                }
-                Action::Close { code, reason } => outer.close(code, reason),
-            }
-        }
+    /// Runs one callback of an inner handler on `inner`, with the real connection's lent
+    /// action list (a callback that sends then allocates none), and moves what it queued onto
+    /// the real connection, counting sends.
+    fn inner_call<U, V, R>(
+        &self,
+        inner: &mut Conn<U>,
+        outer: &mut Conn<V>,
+        f: impl FnOnce(&mut Conn<U>) -> R,
+    ) -> R {
+        outer.lend_actions_to(inner);
+        let result = f(inner);
+        let actions = inner.take_actions();
+        let sends = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Send(_)))
+            .count();
+        self.stats
+            .messages_out
+            .fetch_add(sends as u64, Ordering::Relaxed);
+        outer.append_actions(actions);
+        result
     }
 }
 
@@ -526,16 +536,14 @@ impl<H: Handler> Handler for Site<H> {
                 SiteMessage::Live(m) => Some(m),
                 SiteMessage::Other(_) => None,
             });
-            let state = self.live.on_init(&mut c);
-            self.carry(&mut c, conn);
+            let state = self.inner_call(&mut c, conn, |c| self.live.on_init(c));
             SiteState::Live(state, c)
         } else {
             let mut c = inner_conn(conn, SiteMessage::Other, |v| match v {
                 SiteMessage::Other(m) => Some(m),
                 SiteMessage::Live(_) => None,
             });
-            let state = self.other.on_init(&mut c);
-            self.carry(&mut c, conn);
+            let state = self.inner_call(&mut c, conn, |c| self.other.on_init(c));
             SiteState::Other(state, c)
         }
     }
@@ -551,24 +559,16 @@ impl<H: Handler> Handler for Site<H> {
         }
         match (state, incoming) {
             (SiteState::Live(s, c), Incoming::Message(m)) => {
-                let next = self.live.handle(s, Incoming::Message(m), c);
-                self.carry(c, conn);
-                next
+                self.inner_call(c, conn, |c| self.live.handle(s, Incoming::Message(m), c))
             }
             (SiteState::Live(s, c), Incoming::User(SiteMessage::Live(m))) => {
-                let next = self.live.handle(s, Incoming::User(m), c);
-                self.carry(c, conn);
-                next
+                self.inner_call(c, conn, |c| self.live.handle(s, Incoming::User(m), c))
             }
             (SiteState::Other(s, c), Incoming::Message(m)) => {
-                let next = self.other.handle(s, Incoming::Message(m), c);
-                self.carry(c, conn);
-                next
+                self.inner_call(c, conn, |c| self.other.handle(s, Incoming::Message(m), c))
             }
             (SiteState::Other(s, c), Incoming::User(SiteMessage::Other(m))) => {
-                let next = self.other.handle(s, Incoming::User(m), c);
-                self.carry(c, conn);
-                next
+                self.inner_call(c, conn, |c| self.other.handle(s, Incoming::User(m), c))
             }
             // A message for the other kind of connection cannot be addressed to this one.
             (_, Incoming::User(_)) => Next::Continue,
