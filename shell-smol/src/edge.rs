@@ -7,8 +7,9 @@
 //! connection sockets registered once, edge-triggered, for reads and writes. The thread's
 //! [`Runner`](crate::runner::Runner) waits in it when no task is ready ([`Edge::turn`]): one
 //! `epoll_wait` reports every socket that became ready since the last, whatever their number,
-//! and nothing needs arming again. The listener and the timers stay on async-io, whose own
-//! thread wakes the tasks waiting for them; a wake-up from another thread rings the poller's
+//! and nothing needs arming again; the wait ends no later than the runner's earliest
+//! connection deadline ([`crate::timers`]). The listener stays on async-io, whose own thread
+//! wakes the task waiting for it; a wake-up from another thread rings the poller's
 //! [`alarm`](Edge::alarm), a `mio::Waker`.
 //!
 //! A socket's readiness is two flags. An edge sets them and wakes whoever waits; a read that

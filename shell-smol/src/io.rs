@@ -257,12 +257,14 @@ impl Deadline {
     /// reactor's thread); a connection's keep-alive deadline moves with every message it
     /// receives, so re-arming exactly would pay that per message, where this pays it about
     /// once per keep-alive period.
-    pub(crate) fn arm_no_later(&mut self, next: Option<u64>, clock: &Clock) {
+    /// Returns whether it moved the timer, which then wants polling again.
+    pub(crate) fn arm_no_later(&mut self, next: Option<u64>, clock: &Clock) -> bool {
         match (next, self.armed) {
             (Some(at), Some(armed)) if at < armed => self.arm(next, clock),
             (Some(_), None) => self.arm(next, clock),
-            _ => {}
+            _ => return false,
         }
+        true
     }
 
     /// Ready once when the armed deadline passes.

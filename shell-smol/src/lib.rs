@@ -3,7 +3,7 @@
 //! A thin shell around [`spool_core::ws::Connection`]: it accepts and connects, does TLS, reads
 //! into a per-thread scratch buffer, stamps each event with its monotonic clock, draws client
 //! keys and mask seeds, writes everything one call produced with one vectored write, arms one
-//! timer at the next deadline, and can record every event it gives the core. The protocol
+//! timer at the next deadline (on its server thread's own timer heap), and can record every event it gives the core. The protocol
 //! itself (frames, handshakes, close codes, timeouts) is the core's.
 //!
 //! - [`TcpServer`]: glisten-shaped, an acceptor pool over executor threads, each thread running
@@ -33,6 +33,7 @@ pub mod reconnecting;
 mod runner;
 mod server;
 mod tcp_server;
+mod timers;
 pub mod transport;
 
 pub use client::{Client, ClientOptions};

@@ -6,8 +6,10 @@
 //! `runner`). A connection runs on the thread whose acceptor took it, so its reads, timers,
 //! mailbox and handler calls stay on one thread. Connection sockets (plain and under TLS) sit on
 //! the thread's own edge-triggered poller ([`edge`]), registered once, rather than on
-//! async-io's one-shot registrations, and the runner sleeps in that poller; the listener and
-//! the timers stay on async-io, driven by its own thread.
+//! async-io's one-shot registrations, and the runner sleeps in that poller until the earliest
+//! of its connections' deadlines, which it keeps itself ([`crate::timers`]); the listener (and
+//! the rare timers of accept back-off, TLS handshakes and shutdown) stay on async-io, driven by
+//! its own thread.
 //!
 //! A connection's task waits on everything at once: bytes from the peer (to
 //! [`Slot::data`]), its mailbox, a bounded queue (to [`Slot::user`]), one timer at the
@@ -47,10 +49,9 @@ use spool_std::tcp::{self, End, Hangup, Slot};
 
 use crate::edge::{self, EdgeStream};
 use crate::inbox::{Inbox, Receiving};
-use crate::io::{
-    Clock, Deadline, Outgoing, Received, Socket, drain_until_eof, holds_waker, poll_write,
-};
+use crate::io::{Clock, Outgoing, Received, Socket, drain_until_eof, holds_waker, poll_write};
 use crate::runner::Runner;
+use crate::timers::TaskDeadline;
 
 /// How long `start` waits for every acceptor to report ready.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -727,7 +728,7 @@ fn drive<H: tcp::Handler, S: Socket>(
         let handler: &H = held.handler;
         let clock = &held.clock;
         let slot = &mut held.slot;
-        let mut deadline = Deadline::new();
+        let mut deadline = TaskDeadline::new();
         // Bytes handed to the stream that may still sit in it (TLS records not yet flushed).
         let mut unflushed = false;
         let mut user_first = false;
@@ -750,6 +751,8 @@ fn drive<H: tcp::Handler, S: Socket>(
         let mut again = false;
         let mut stop_waiting = false;
         let mut inbox_waiting = false;
+        // Likewise the deadline, unless it was moved since.
+        let mut deadline_waiting = false;
         loop {
             if let Some((hangup, _)) = slot.hangup() {
                 // Nothing more reaches the handler: senders hear `Gone` from now on.
@@ -757,7 +760,9 @@ fn drive<H: tcp::Handler, S: Socket>(
                 return Ok(hangup);
             }
             // Fires early at worst: `Wake::Deadline` below checks what is due.
-            deadline.arm_no_later(slot.deadline(handler), clock);
+            if deadline.arm_no_later(slot.deadline(handler), clock) {
+                deadline_waiting = false;
+            }
             if turns >= TURNS_BEFORE_YIELD {
                 turns = 0;
                 again = false;
@@ -769,7 +774,9 @@ fn drive<H: tcp::Handler, S: Socket>(
                 polls += 1;
                 let quick = again && polls == 1;
                 if !quick {
-                    now = clock.now_ms();
+                    // The batch's time (see `runner::now`), but never earlier than a deadline's
+                    // fresh reading below: the core's time only goes forward.
+                    now = now.max(crate::runner::now_ms(clock));
                     inbox_waiting = false;
                 }
                 if !(quick && stop_waiting) {
@@ -778,8 +785,11 @@ fn drive<H: tcp::Handler, S: Socket>(
                     }
                     stop_waiting = true;
                 }
-                if deadline.poll_due(now, cx).is_ready() {
-                    return Poll::Ready(Wake::Deadline);
+                if !(quick && deadline_waiting) {
+                    if deadline.poll_due(now, cx).is_ready() {
+                        return Poll::Ready(Wake::Deadline);
+                    }
+                    deadline_waiting = true;
                 }
                 if unflushed || !out.is_empty() {
                     match poll_write(out, stream, cx) {
