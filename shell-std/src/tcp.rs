@@ -14,7 +14,7 @@
 //! Handlers run on the shell's event-loop threads: they must not block. Hand blocking work to a
 //! thread of your own and come back through the connection's [`Mailbox`].
 
-use std::cell::RefCell;
+use std::cell::Cell;
 use std::fmt;
 use std::mem;
 use std::net::SocketAddr;
@@ -30,7 +30,7 @@ thread_local! {
     /// The list every connection of this thread queues its sends in during a callback, so that
     /// an idle connection holds none (it kept four transmits' room, 192 bytes, after its first
     /// send).
-    static SENDS: RefCell<Vec<Transmit>> = const { RefCell::new(Vec::new()) };
+    static SENDS: Cell<Vec<Transmit>> = const { Cell::new(Vec::new()) };
 }
 
 /// The most transmits a thread's send list keeps room for between callbacks (12 KiB); one
@@ -40,20 +40,16 @@ const SENDS_KEEP: usize = 256;
 /// The thread's send list, for one callback. Taken, not borrowed: a callback that ran another
 /// connection's would get an empty list of its own rather than a double borrow.
 fn lend_sends() -> Vec<Transmit> {
-    SENDS.with(|s| mem::take(&mut *s.borrow_mut()))
+    SENDS.take()
 }
 
 /// Gives an emptied send list back to the thread, unless a burst grew it past [`SENDS_KEEP`].
 fn give_back_sends(sends: Vec<Transmit>) {
-    if !sends.is_empty() || sends.capacity() > SENDS_KEEP {
-        return;
+    // In place of the empty list `lend_sends` left (or, after a nested callback, of the one
+    // it gave back: either is a fine list to keep).
+    if sends.is_empty() && sends.capacity() <= SENDS_KEEP {
+        SENDS.set(sends);
     }
-    SENDS.with(|s| {
-        let mut kept = s.borrow_mut();
-        if kept.capacity() < sends.capacity() {
-            *kept = sends;
-        }
-    });
 }
 
 /// What a handler receives.
@@ -444,6 +440,14 @@ mod tests {
 
     struct NoMail;
 
+    /// The room the thread's send list keeps, looked at and put back.
+    fn kept_sends() -> usize {
+        let sends = SENDS.take();
+        let capacity = sends.capacity();
+        SENDS.set(sends);
+        capacity
+    }
+
     impl MailboxSink<usize> for NoMail {
         fn deliver(&self, message: usize) -> Result<(), MailboxError<usize>> {
             Err(MailboxError::Gone(message))
@@ -459,11 +463,11 @@ mod tests {
         let mut slot = Slot::open(&Burst, conn, usize::MAX, 0, &mut out);
         slot.user(&Burst, 3, 0, &mut out);
         assert_eq!(slot.conn.out.capacity(), 0);
-        assert!(SENDS.with(|s| s.borrow().capacity()) >= 3);
+        assert!(kept_sends() >= 3);
         // A burst's list is freed rather than kept.
         slot.user(&Burst, SENDS_KEEP + 1, 0, &mut out);
         assert_eq!(slot.conn.out.capacity(), 0);
-        assert!(SENDS.with(|s| s.borrow().capacity()) <= SENDS_KEEP);
+        assert!(kept_sends() <= SENDS_KEEP);
         assert_eq!(out.unsent(), SENDS_KEEP + 4);
     }
 }
