@@ -962,9 +962,11 @@ mod tests {
         // spares each wake-up a timer poll, a clock read and a borrow of the signal; 1,264 since
         // the loop remembers what its last look found waiting, which spares a round trip's
         // second look a clock read, the signal and the mailbox's lock; 1,280 since reads go to
-        // the handler from inside the poll, lent or given (`ReadBuffer`), not copied out first.
+        // the handler from inside the poll, lent or given (`ReadBuffer`), not copied out first;
+        // 1,304 since the send queue keeps its oldest transmit inline (`Outgoing`), which
+        // spares a reply a queue borrowed from the thread's pool and given back.
         let size = future_size(connection::<spool_std::WsProtocol<Echo>>);
-        assert!(size <= 1_288, "a connection's future grew to {size} bytes");
+        assert!(size <= 1_304, "a connection's future grew to {size} bytes");
     }
 
     #[test]
