@@ -36,31 +36,37 @@ impl Transmit {
     }
 
     /// The inline part still to be written.
+    #[inline]
     pub fn head(&self) -> &[u8] {
         &self.head[self.start as usize..self.end as usize]
     }
 
     /// The shared part.
+    #[inline]
     pub fn body(&self) -> &Bytes {
         &self.body
     }
 
     /// Both parts, in order, for an `IoSlice` each.
+    #[inline]
     pub fn slices(&self) -> [&[u8]; 2] {
         [self.head(), &self.body]
     }
 
     /// The number of bytes still to be written.
+    #[inline]
     pub fn len(&self) -> usize {
         self.head().len() + self.body.len()
     }
 
     /// Whether nothing is left to write.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Drops the first `n` bytes, after a partial write.
+    #[inline]
     pub fn advance(&mut self, n: usize) {
         let from_head = n.min(self.head().len());
         self.start += from_head as u8;
