@@ -8,6 +8,19 @@ const TICKS: u64 = 100;
 
 /// A process's user+system CPU time, all its threads, from `/proc/PID/stat`.
 pub fn cpu(pid: u32) -> Duration {
+    let (user, system) = cpu_ticks(pid);
+    ticks_to_time(user + system)
+}
+
+/// A process's user-space CPU time alone: what its own code costs, without the kernel's work
+/// on its behalf. The kernel splits a process's time between the two by sampling at each
+/// tick, so a window of a few seconds (hundreds of ticks) is what makes this figure steady.
+pub fn user_cpu(pid: u32) -> Duration {
+    ticks_to_time(cpu_ticks(pid).0)
+}
+
+/// utime and stime of `/proc/PID/stat`, in clock ticks (zeros if the process is gone).
+fn cpu_ticks(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -16,7 +29,13 @@ pub fn cpu(pid: u32) -> Duration {
         .map(|v| v.parse().unwrap_or(0))
         .collect();
     // utime and stime: fields 14 and 15 of the line, 12 and 13 after the command.
-    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    (
+        f.get(11).copied().unwrap_or(0),
+        f.get(12).copied().unwrap_or(0),
+    )
+}
+
+fn ticks_to_time(ticks: u64) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / TICKS)
 }
 

@@ -536,6 +536,7 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
                 for key in [
                     "rtps",
                     "cpu_us_per_rt",
+                    "user_us_per_rt",
                     "p50_us",
                     "p99_us",
                     "ctxsw_per_s",
@@ -577,6 +578,11 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
             (
                 "cpu_us_per_rt",
                 format!("echo {size}: server CPU per round trip (us)"),
+                Better::Lower,
+            ),
+            (
+                "user_us_per_rt",
+                format!("echo {size}: of which user space (us)"),
                 Better::Lower,
             ),
             (
