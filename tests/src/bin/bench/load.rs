@@ -63,8 +63,8 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
     let mut opened = 0;
     let connect_deadline = start + Duration::from_secs(30);
     // When the window began: the time, the server's and our CPU, its context switches and
-    // read/write calls, and the server's user-space CPU.
-    type Start = (Instant, Duration, Duration, u64, (u64, u64), Duration);
+    // read/write calls.
+    type Start = (Instant, procfs::CpuTime, Duration, u64, (u64, u64));
     let mut measure: Option<Start> = None;
     let mut begin_at: Option<Instant> = None;
     let mut count = 0u64;
@@ -83,24 +83,22 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
         {
             measure = Some((
                 now,
-                procfs::cpu(pid),
+                procfs::cpu_times(pid),
                 procfs::cpu(std::process::id()),
                 procfs::context_switches(pid),
                 procfs::syscalls(pid),
-                procfs::user_cpu(pid),
             ));
         }
-        if let Some((t0, cpu0, self0, ctx0, io0, user0)) = measure
+        if let Some((t0, cpu0, self0, ctx0, io0)) = measure
             && now >= t0 + Duration::from_secs_f64(secs)
         {
             let window = now - t0;
-            let cpu = procfs::cpu(pid).saturating_sub(cpu0);
-            let user = procfs::user_cpu(pid).saturating_sub(user0);
+            let cpu = procfs::cpu_times(pid).since(cpu0);
             let own = procfs::cpu(std::process::id()).saturating_sub(self0);
             let ctx = procfs::context_switches(pid).saturating_sub(ctx0);
             let io = procfs::syscalls(pid);
             let io = (io.0.saturating_sub(io0.0), io.1.saturating_sub(io0.1));
-            break (window, cpu, own, ctx, io, user);
+            break (window, cpu, own, ctx, io);
         }
         poll.poll(&mut events, Some(Duration::from_millis(5)))
             .map_err(|e| e.to_string())?;
@@ -143,7 +141,7 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
             }
         }
     };
-    let (window, cpu, own, ctx, io, user) = result;
+    let (window, cpu, own, ctx, io) = result;
     latencies.sort_unstable();
     let w = window.as_secs_f64();
     println!(
@@ -151,11 +149,11 @@ pub fn echo(flags: &Flags) -> Result<(), String> {
          cpu_us_per_rt={:.3} user_us_per_rt={:.3} p50_us={:.1} p99_us={:.1} server_cpu_pct={:.0} load_cpu_pct={:.0} \
          ctxsw_per_s={:.0} reads_per_rt={:.3} writes_per_rt={:.3} threads={}",
         count as f64 / w,
-        cpu.as_secs_f64() * 1e6 / count.max(1) as f64,
-        user.as_secs_f64() * 1e6 / count.max(1) as f64,
+        cpu.total.as_secs_f64() * 1e6 / count.max(1) as f64,
+        cpu.user.as_secs_f64() * 1e6 / count.max(1) as f64,
         procfs::quantile(&latencies, 0.50) as f64 / 1e3,
         procfs::quantile(&latencies, 0.99) as f64 / 1e3,
-        cpu.as_secs_f64() * 100.0 / w,
+        cpu.total.as_secs_f64() * 100.0 / w,
         own.as_secs_f64() * 100.0 / w,
         ctx as f64 / w,
         io.0 as f64 / count.max(1) as f64,

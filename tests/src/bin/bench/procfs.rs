@@ -8,19 +8,31 @@ const TICKS: u64 = 100;
 
 /// A process's user+system CPU time, all its threads, from `/proc/PID/stat`.
 pub fn cpu(pid: u32) -> Duration {
-    let (user, system) = cpu_ticks(pid);
-    ticks_to_time(user + system)
+    cpu_times(pid).total
 }
 
-/// A process's user-space CPU time alone: what its own code costs, without the kernel's work
-/// on its behalf. The kernel splits a process's time between the two by sampling at each
-/// tick, so a window of a few seconds (hundreds of ticks) is what makes this figure steady.
-pub fn user_cpu(pid: u32) -> Duration {
-    ticks_to_time(cpu_ticks(pid).0)
+/// A process's CPU time, all its threads: in all, and the user-space part alone (what its own
+/// code costs, without the kernel's work on its behalf).
+#[derive(Clone, Copy, Default)]
+pub struct CpuTime {
+    pub total: Duration,
+    pub user: Duration,
 }
 
-/// utime and stime of `/proc/PID/stat`, in clock ticks (zeros if the process is gone).
-fn cpu_ticks(pid: u32) -> (u64, u64) {
+impl CpuTime {
+    /// The time spent since `earlier`.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            total: self.total.saturating_sub(earlier.total),
+            user: self.user.saturating_sub(earlier.user),
+        }
+    }
+}
+
+/// Both figures of [`CpuTime`] from one read of `/proc/PID/stat` (zeros if the process is
+/// gone). The kernel splits a process's time between user and system by sampling at each
+/// tick, so a window of a few seconds (hundreds of ticks) is what makes the split steady.
+pub fn cpu_times(pid: u32) -> CpuTime {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
@@ -29,10 +41,12 @@ fn cpu_ticks(pid: u32) -> (u64, u64) {
         .map(|v| v.parse().unwrap_or(0))
         .collect();
     // utime and stime: fields 14 and 15 of the line, 12 and 13 after the command.
-    (
-        f.get(11).copied().unwrap_or(0),
-        f.get(12).copied().unwrap_or(0),
-    )
+    let user = f.get(11).copied().unwrap_or(0);
+    let system = f.get(12).copied().unwrap_or(0);
+    CpuTime {
+        total: ticks_to_time(user + system),
+        user: ticks_to_time(user),
+    }
 }
 
 fn ticks_to_time(ticks: u64) -> Duration {
@@ -137,4 +151,26 @@ pub fn quantile(sorted: &[u64], p: f64) -> u64 {
     }
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
     sorted[i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_read_gives_user_time_within_the_total_and_a_gone_process_zeros() {
+        // Burn some CPU so that a tick or more is counted.
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let me = cpu_times(std::process::id());
+        assert!(me.total > Duration::ZERO && me.user <= me.total);
+        let gone = cpu_times(u32::MAX);
+        assert_eq!((gone.total, gone.user), (Duration::ZERO, Duration::ZERO));
+        // A window never goes negative, even against a later reading.
+        let back = gone.since(me);
+        assert_eq!((back.total, back.user), (Duration::ZERO, Duration::ZERO));
+    }
 }
