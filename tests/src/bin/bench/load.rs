@@ -210,7 +210,7 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
     let mut delivered = 0usize;
     let join_deadline = start + Duration::from_secs(120);
     // Phases: joining, then publishing (from `began`), then draining.
-    let mut began: Option<(Instant, Duration, Duration, (u64, u64))> = None;
+    let mut began: Option<(Instant, procfs::CpuTime, Duration, (u64, u64))> = None;
     let mut shouted = 0usize;
     let mut last_shout = start;
     let mut last_delivery = start;
@@ -246,7 +246,7 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
             std::thread::sleep(Duration::from_millis(300));
             began = Some((
                 Instant::now(),
-                procfs::cpu(pid),
+                procfs::cpu_times(pid),
                 procfs::cpu(std::process::id()),
                 procfs::syscalls(pid),
             ));
@@ -333,7 +333,7 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
     let (t0, cpu0, own0, io0) = began.expect("published");
     let io = procfs::syscalls(pid);
     let window = last_delivery.max(last_shout).duration_since(t0);
-    let cpu = procfs::cpu(pid).saturating_sub(cpu0);
+    let cpu = procfs::cpu_times(pid).since(cpu0);
     let own = procfs::cpu(std::process::id()).saturating_sub(own0);
     let subscribers = n_joined.saturating_sub(1);
     let expected = subscribers * broadcasts;
@@ -342,14 +342,15 @@ pub fn fanout(flags: &Flags) -> Result<(), String> {
     println!(
         "fanout subscribers={subscribers} failed={failed} broadcasts={broadcasts} rate={rate} \
          delivered={delivered} expected={expected} missing={} secs={w:.2} dps={:.0} \
-         p50_ms={:.1} p99_ms={:.1} cpu_us_per_delivery={:.3} server_cpu_pct={:.0} load_cpu_pct={:.0} \
-         writes_per_delivery={:.3}",
+         p50_ms={:.1} p99_ms={:.1} cpu_us_per_delivery={:.3} user_us_per_delivery={:.3} \
+         server_cpu_pct={:.0} load_cpu_pct={:.0} writes_per_delivery={:.3}",
         expected.saturating_sub(delivered),
         delivered as f64 / w,
         procfs::quantile(&latencies, 0.50) as f64 / 1e3,
         procfs::quantile(&latencies, 0.99) as f64 / 1e3,
-        cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
-        cpu.as_secs_f64() * 100.0 / w,
+        cpu.total.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        cpu.user.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+        cpu.total.as_secs_f64() * 100.0 / w,
         own.as_secs_f64() * 100.0 / w,
         io.1.saturating_sub(io0.1) as f64 / delivered.max(1) as f64,
     );

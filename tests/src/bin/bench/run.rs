@@ -685,6 +685,12 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
             col,
             median(take("cpu_us_per_delivery")),
         );
+        table.set(
+            "fan-out, as fast as offered: of which user space (us)",
+            Better::Lower,
+            col,
+            median(take("user_us_per_delivery")),
+        );
         let writes = median(take("writes_per_delivery"));
         if writes > 0.0 {
             table.set(
@@ -710,6 +716,12 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
             Better::Lower,
             col,
             median(take("cpu_us_per_delivery")),
+        );
+        table.set(
+            "fan-out, 1 broadcast/s: of which user space (us)",
+            Better::Lower,
+            col,
+            median(take("user_us_per_delivery")),
         );
         table.set(
             "fan-out, 1 broadcast/s: missing deliveries",
@@ -754,6 +766,7 @@ fn fanout_rounds(
                 "missing",
                 "p99_ms",
                 "cpu_us_per_delivery",
+                "user_us_per_delivery",
                 "writes_per_delivery",
             ] {
                 mine.entry(key)
