@@ -134,8 +134,15 @@ impl Edge {
                 // A hang-up or an error is for the next read or write to find.
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
                     socket.readable = true;
-                    if let Some(waker) = socket.reader.take() {
-                        waker.wake();
+                    // Woken by reference and kept: a connection's task waits to read again
+                    // as soon as it has, and then finds its waker in place rather than
+                    // cloning it anew (with the drop of the one taken, about 35 instructions
+                    // a message under callgrind). A read edge while the task is busy makes one
+                    // poll that finds bytes to read. Not so for writing: a writable edge comes
+                    // with every acknowledgement while the send buffer has room, so that
+                    // waker is taken.
+                    if let Some(waker) = &socket.reader {
+                        waker.wake_by_ref();
                     }
                 }
                 if event.is_writable() || event.is_write_closed() || event.is_error() {
