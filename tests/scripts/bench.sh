@@ -11,7 +11,7 @@
 # the load (spool-core clients) to core 1. Sections: echo (100 connections, 1 KiB and 16 B),
 # fanout (10,000 Phoenix subscribers), memory (RSS per idle connection, 19,000 held), scale
 # (19,000 idle connections with pings, kernel memory, projection to 1,000,000) and codec
-# (criterion and callgrind). About 13 minutes in full (three runs of each echo and fan-out
+# (criterion and callgrind). About 14 minutes in full (three runs of each echo and fan-out
 # figure, in turn across the servers), 3 with --quick. Loopback only; every
 # process it starts is in its own process group, killed on the way out.
 set -euo pipefail
