@@ -136,11 +136,11 @@ impl Edge {
                     socket.readable = true;
                     // Woken by reference and kept: a connection's task waits to read again
                     // as soon as it has, and then finds its waker in place rather than
-                    // cloning it anew (with the drop of the one taken, about 35 instructions
-                    // a message under callgrind). A read edge while the task is busy makes one
-                    // poll that finds bytes to read. Not so for writing: a writable edge comes
-                    // with every acknowledgement while the send buffer has room, so that
-                    // waker is taken.
+                    // cloning it anew (with the drop of the one taken, and the run queue's
+                    // share, 46 instructions a 16 B echo round trip under callgrind). A read
+                    // edge while the task is busy makes one poll that finds bytes to read.
+                    // Not so for writing: a writable edge comes with every acknowledgement
+                    // while the send buffer has room, so that waker is taken.
                     if let Some(waker) = &socket.reader {
                         waker.wake_by_ref();
                     }

@@ -25,8 +25,8 @@ pub(crate) struct Inbox<U> {
     /// Set, under the lock, by a poll that found no message and left its waker; cleared,
     /// under the lock, by the delivery that takes that waker. While it is set a poll has
     /// nothing to take and its task is registered already, so it answers without the lock:
-    /// a connection looks at its mailbox on every wake-up, and the lock cost an echo round
-    /// trip about 50 instructions (callgrind). This holds because one task polls a mailbox,
+    /// a connection looks at its mailbox on every wake-up, and the lock cost a 16 B echo
+    /// round trip 38 instructions (callgrind). This holds because one task polls a mailbox,
     /// the connection's, whose waker stays the one to wake.
     armed: AtomicBool,
 }
