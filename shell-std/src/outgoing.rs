@@ -17,8 +17,9 @@ const SMALL_WRITE: usize = 2048;
 
 /// Small transmits queued together are copied into one write of up to this many bytes, rather
 /// than written as two iovecs each, 32 frames a call: a subscriber sent 100 broadcast frames
-/// of 60 bytes took 4 `sendmsg`s of 64 iovecs, and the kernel walks every iovec.
-const GATHER_BYTES: usize = 32 * 1024;
+/// of 60 bytes took 4 `sendmsg`s of 64 iovecs, and the kernel walks every iovec. At 64 KiB
+/// even frames of `SMALL_WRITE` bytes go 32 to a call, so gathering never takes more calls.
+const GATHER_BYTES: usize = 64 * 1024;
 
 /// Queues a thread keeps for its connections to borrow while they have more than one transmit
 /// waiting: at most this many, each at most [`POOLED_CAPACITY`] transmits long.
