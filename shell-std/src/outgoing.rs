@@ -476,6 +476,41 @@ mod tests {
         assert_eq!(&sink.taken[..6], [0x82, 1, b'a', 0x82, 1, b'b']);
     }
 
+    #[test]
+    fn any_pushes_and_partial_writes_put_every_byte_on_the_wire_once_and_in_order() {
+        // Frames and bare transmits of 0 to 2,999 bytes (either side of SMALL_WRITE), each
+        // followed by a write into a sink with room for 0 to 4,999 bytes: whatever gathers or
+        // goes out through iovecs, the wire gets every byte once, in order, and `unsent`
+        // counts what is left.
+        fn prop(steps: Vec<(u16, u16)>) -> bool {
+            let mut out = Outgoing::default();
+            let mut wire = Vec::new();
+            let mut sink = Narrow::default();
+            for (i, (len, room)) in steps.into_iter().enumerate() {
+                let payload: Vec<u8> = (0..usize::from(len) % 3000)
+                    .map(|j| (i + j) as u8)
+                    .collect();
+                let transmit = if i % 2 == 0 {
+                    frame(&payload)
+                } else {
+                    Transmit::from(payload)
+                };
+                wire.extend(transmit.slices().concat());
+                out.push(transmit);
+                sink.room = usize::from(room) % 5000;
+                if out.write_to(&mut sink).is_err() || out.unsent() != wire.len() - sink.taken.len()
+                {
+                    return false;
+                }
+            }
+            sink.room = usize::MAX;
+            out.write_to(&mut sink).is_ok_and(|done| done) && out.is_empty() && sink.taken == wire
+        }
+        quickcheck::QuickCheck::new()
+            .tests(300)
+            .quickcheck(prop as fn(Vec<(u16, u16)>) -> bool);
+    }
+
     /// Records the size of each write it passes on.
     struct Sizes<'a>(&'a mut Narrow, &'a mut Vec<usize>);
 
