@@ -33,8 +33,8 @@ const POOLED_CAPACITY: usize = 64;
 type Queue = Box<VecDeque<Transmit>>;
 
 thread_local! {
-    /// Where small transmits are copied to be written in one piece (at most `GATHER_BYTES`,
-    /// one a thread).
+    /// Where small transmits are copied to be written in one piece (holding at most
+    /// `GATHER_BYTES`, one a thread).
     static SMALL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 
     /// Empty queues, given back by connections that wrote their backlog: an idle connection
@@ -163,8 +163,6 @@ impl Outgoing {
     pub fn with_next_slices<R>(&self, write: impl FnOnce(&[IoSlice<'_>]) -> R) -> R {
         let (gathered, bytes) = self.small_front();
         if gathered > 0 {
-            // Borrowed for the one call; were the thread's buffer in use (it cannot be: the
-            // write does not come back here), a buffer of its own.
             // The front, then the rest: not through `transmits()`, whose chained iterator cost
             // a lone echo about 120 instructions more a round trip.
             let copy = |buffer: &mut Vec<u8>| {
@@ -183,6 +181,8 @@ impl Outgoing {
                     buffer.extend_from_slice(transmit.body());
                 }
             };
+            // Borrowed for the one call; were the thread's buffer in use (it cannot be: the
+            // write does not come back here), a buffer of its own.
             return SMALL.with(|cell| match cell.try_borrow_mut() {
                 Ok(mut small) => {
                     small.clear();
