@@ -34,7 +34,7 @@ type Queue = Box<VecDeque<Transmit>>;
 
 thread_local! {
     /// Where small transmits are copied to be written in one piece (holding at most
-    /// `GATHER_BYTES`, one a thread).
+    /// `GATHER_BYTES`, so its capacity stays under twice that; one a thread).
     static SMALL: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 
     /// Empty queues, given back by connections that wrote their backlog: an idle connection
@@ -480,6 +480,13 @@ mod tests {
             "{sizes:?}"
         );
         assert!(sizes.iter().all(|&n| n <= GATHER_BYTES), "{sizes:?}");
+        // The thread's copy buffer, the one thing gathering grows: at most twice the bound
+        // (a `Vec` at most doubles past what it was asked to hold), however long the backlog.
+        let kept = SMALL.with(|small| small.borrow().capacity());
+        assert!(
+            (GATHER_BYTES / 2..=2 * GATHER_BYTES).contains(&kept),
+            "{kept}"
+        );
 
         // A large frame behind small ones: the small ones in one slice, then the large one
         // as a header and a payload.
