@@ -414,11 +414,19 @@ struct LoopSink<U> {
     closed: AtomicBool,
 }
 
+/// Whether a mailbox is full for a sender that found `sent` messages counted before its own,
+/// `handled` of all of them taken. `handled` can be ahead of `sent` (another sender counted,
+/// queued and had its message taken between the two reads), which leaves room; read late,
+/// it only makes the mailbox look fuller than it is. Neither count wraps in practice (2^64).
+fn is_full(sent: usize, handled: usize, capacity: usize) -> bool {
+    sent.saturating_sub(handled) >= capacity
+}
+
 impl<U> LoopSink<U> {
     /// Counts one more message taken out for this connection (by its loop only); true if more
     /// are on their way, later in the inbox or about to be queued.
     fn take_one(&self) -> bool {
-        let handled = self.handled.load(Ordering::Relaxed).wrapping_add(1);
+        let handled = self.handled.load(Ordering::Relaxed) + 1;
         self.handled.store(handled, Ordering::Release);
         self.sent.load(Ordering::Acquire) != handled
     }
@@ -429,9 +437,8 @@ impl<U: Send> MailboxSink<U> for LoopSink<U> {
         if self.closed.load(Ordering::Acquire) {
             return Err(MailboxError::Gone(message));
         }
-        // A `handled` read late only makes the mailbox look fuller than it is.
         let before = self.sent.fetch_add(1, Ordering::AcqRel);
-        if before.wrapping_sub(self.handled.load(Ordering::Acquire)) >= self.capacity {
+        if is_full(before, self.handled.load(Ordering::Acquire), self.capacity) {
             self.sent.fetch_sub(1, Ordering::AcqRel);
             return Err(MailboxError::Full(message));
         }
@@ -1247,5 +1254,19 @@ mod tests {
         assert_eq!(sink.deliver(11), Err(MailboxError::Full(11)));
         sink.close();
         assert_eq!(sink.deliver(12), Err(MailboxError::Gone(12)));
+    }
+
+    /// Between a sender's count and its read of the loop's, another sender's message can be
+    /// counted, queued and taken: the loop's count then passes the first sender's, and that
+    /// is room, not a full mailbox (a wrapping difference had called it full).
+    #[test]
+    fn a_loop_count_ahead_of_a_senders_is_room() {
+        assert!(!is_full(5, 6, 3));
+        assert!(!is_full(5, 5, 3));
+        assert!(!is_full(7, 5, 3));
+        assert!(is_full(8, 5, 3));
+        assert!(is_full(3, 0, 3));
+        assert!(!is_full(0, 0, 1));
+        assert!(is_full(1, 0, 1));
     }
 }
