@@ -514,10 +514,19 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
     let mut figures: BTreeMap<(usize, usize), Figures> = BTreeMap::new();
     let mut starved: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     // Round robin: run r of every server before run r + 1 of any, so that a machine whose speed
-    // drifts during the section moves every column alike and the ratios stay fair.
+    // drifts during the section moves every column alike and the ratios stay fair. Each run
+    // starts at a different server and swaps the sizes, so that no server is always the one
+    // that follows another's exit (in a run at a70204a the first server, always spool-smol,
+    // was behind fastwebsockets in all six of its runs and level with spool-std alone).
     for run in 0..env.runs {
-        for (index, spec) in specs.iter().enumerate() {
-            for len in [1024usize, 16] {
+        for index in rotated(specs.len(), run, env.runs) {
+            let spec = &specs[index];
+            let sizes = if run % 2 == 0 {
+                [1024usize, 16]
+            } else {
+                [16, 1024]
+            };
+            for len in sizes {
                 let size = size_name(len);
                 let (server, port) = start_server(env, spec, &format!("echo-{len}-{run}"))?;
                 let flags = [
@@ -743,6 +752,13 @@ fn worst(missing: &[f64]) -> f64 {
     }
 }
 
+/// The order of `n` servers in run `run` of `runs`: all of them, starting a share of the way
+/// round for each run (0, 2, 4 of 7 for three runs), so that each takes different places.
+fn rotated(n: usize, run: usize, runs: usize) -> impl Iterator<Item = usize> {
+    let start = if n == 0 { 0 } else { run * n / runs.max(1) % n };
+    (0..n).map(move |i| (start + i) % n)
+}
+
 /// Runs one fan-out mode `env.runs` times, round robin across `specs`: per server (by index),
 /// each figure's values over the runs.
 fn fanout_rounds(
@@ -755,8 +771,9 @@ fn fanout_rounds(
     rate: f64,
 ) -> Result<BTreeMap<usize, BTreeMap<&'static str, Vec<f64>>>, String> {
     let mut figures: BTreeMap<usize, BTreeMap<&'static str, Vec<f64>>> = BTreeMap::new();
-    for _ in 0..env.runs {
-        for (index, spec) in specs.iter().enumerate() {
+    for run in 0..env.runs {
+        for index in rotated(specs.len(), run, env.runs) {
+            let spec = &specs[index];
             let Some(v) = fanout_once(env, table, spec, mode, subs, broadcasts, rate)? else {
                 continue;
             };
@@ -1324,6 +1341,19 @@ fn targets(t: &mut Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every server once a run, each run starting elsewhere; one run keeps the given order.
+    #[test]
+    fn each_run_visits_every_server_once_from_a_different_start() {
+        let order = |n, run, runs| rotated(n, run, runs).collect::<Vec<_>>();
+        assert_eq!(order(7, 0, 3), [0, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(order(7, 1, 3), [2, 3, 4, 5, 6, 0, 1]);
+        assert_eq!(order(7, 2, 3), [4, 5, 6, 0, 1, 2, 3]);
+        assert_eq!(order(4, 1, 3), [1, 2, 3, 0]);
+        assert_eq!(order(4, 0, 1), [0, 1, 2, 3]);
+        assert_eq!(order(0, 2, 3), Vec::<usize>::new());
+        assert_eq!(order(2, 5, 0), [0, 1]);
+    }
 
     const DPS: &str = "fan-out, as fast as offered: deliveries/s";
     const MISSING: &str = "fan-out, as fast as offered: missing deliveries";
