@@ -516,8 +516,9 @@ fn echo(env: &mut Env, table: &mut Table) -> Result<(), String> {
     // Round robin: run r of every server before run r + 1 of any, so that a machine whose speed
     // drifts during the section moves every column alike and the ratios stay fair. Each run
     // starts at a different server and swaps the sizes, so that no server is always the one
-    // that follows another's exit (in a run at a70204a the first server, always spool-smol,
-    // was behind fastwebsockets in all six of its runs and level with spool-std alone).
+    // that follows another's exit (in a run at a70204a spool-smol, always first, was behind
+    // fastwebsockets in all six of its runs, yet level with spool-std when the two alone ran
+    // in turn).
     for run in 0..env.runs {
         for index in rotated(specs.len(), run, env.runs) {
             let spec = &specs[index];
