@@ -75,6 +75,69 @@ pub fn port_arg(name: &str) -> u16 {
     }
 }
 
+/// The client frame at the start of `b`: (first byte, head length with the key, payload
+/// length, masking key). `None` until the whole frame is there; `Some(Err(()))` when it is
+/// unmasked or longer than `max`, which ends the connection.
+#[inline]
+#[allow(clippy::type_complexity)]
+pub fn client_frame(b: &[u8], max: usize) -> Option<Result<(u8, usize, usize, [u8; 4]), ()>> {
+    if b.len() < 2 {
+        return None;
+    }
+    let (fin_op, masked, len7) = (b[0], b[1] & 0x80 != 0, (b[1] & 0x7f) as usize);
+    let (len, head) = match len7 {
+        126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+        127 if b.len() >= 10 => {
+            let mut l = [0u8; 8];
+            l.copy_from_slice(&b[2..10]);
+            (u64::from_be_bytes(l) as usize, 10)
+        }
+        126 | 127 => return None,
+        n => (n, 2),
+    };
+    if !masked || len > max {
+        return Some(Err(()));
+    }
+    if b.len() < head + 4 + len {
+        return None;
+    }
+    let key = [b[head], b[head + 1], b[head + 2], b[head + 3]];
+    Some(Ok((fin_op, head + 4, len, key)))
+}
+
+/// Appends a server frame's head (unmasked) for a payload of `len` bytes.
+#[inline]
+pub fn push_server_head(out: &mut Vec<u8>, fin_op: u8, len: usize) {
+    out.push(fin_op);
+    match len {
+        0..=125 => out.push(len as u8),
+        126..=65535 => {
+            out.push(126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+}
+
+/// XOR with the key, eight bytes at a time.
+#[inline]
+pub fn unmask(data: &mut [u8], key: [u8; 4]) {
+    let k8 = u64::from_ne_bytes([
+        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
+    ]);
+    let mut chunks = data.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ k8;
+        c.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= key[i % 4];
+    }
+}
+
 /// What a fan-out peer does with a text message from a client.
 pub enum Channel {
     /// Answer this reply (and subscribe the connection).

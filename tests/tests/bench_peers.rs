@@ -195,6 +195,12 @@ fn tokio_fanout_peer_delivers_to_every_subscriber() {
 }
 
 #[test]
+fn bare_mio_fanout_peer_delivers_to_every_subscriber() {
+    let server = start(env!("CARGO_BIN_EXE_peer_mio_fanout"), &[]);
+    check_fanout("bare mio fan-out", &server);
+}
+
+#[test]
 fn node_fanout_peer_delivers_to_every_subscriber() {
     let (node, script) = node_script("bench_fanout_server.js");
     let server = start(node, &[&script]);

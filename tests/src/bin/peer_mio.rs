@@ -7,7 +7,9 @@ use std::io::{ErrorKind, Read, Write};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use spool_tests::peer::{Upgrade, port_arg, upgrade_response};
+use spool_tests::peer::{
+    Upgrade, client_frame, port_arg, push_server_head, unmask, upgrade_response,
+};
 
 const LISTENER: Token = Token(usize::MAX);
 const MAX_FRAME: usize = 16 << 20;
@@ -28,43 +30,15 @@ fn echo_frames(input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
     let mut at = 0;
     loop {
         let b = &input[at..];
-        if b.len() < 2 {
-            return (at, false);
-        }
-        let (fin_op, masked, len7) = (b[0], b[1] & 0x80 != 0, (b[1] & 0x7f) as usize);
-        let (len, mut head) = match len7 {
-            126 if b.len() >= 4 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
-            127 if b.len() >= 10 => {
-                let mut l = [0u8; 8];
-                l.copy_from_slice(&b[2..10]);
-                (u64::from_be_bytes(l) as usize, 10)
-            }
-            126 | 127 => return (at, false),
-            n => (n, 2),
+        let (fin_op, head, len, key) = match client_frame(b, MAX_FRAME) {
+            None => return (at, false),
+            Some(Err(())) => return (at, true),
+            Some(Ok(frame)) => frame,
         };
-        if !masked || len > MAX_FRAME {
-            return (at, true);
-        }
-        if b.len() < head + 4 + len {
-            return (at, false);
-        }
-        let key = [b[head], b[head + 1], b[head + 2], b[head + 3]];
-        head += 4;
         let opcode = fin_op & 0x0f;
         let reply = if opcode == 0x9 { 0xA } else { opcode };
         if opcode != 0xA {
-            out.push((fin_op & 0xf0) | reply);
-            match len {
-                0..=125 => out.push(len as u8),
-                126..=65535 => {
-                    out.push(126);
-                    out.extend_from_slice(&(len as u16).to_be_bytes());
-                }
-                _ => {
-                    out.push(127);
-                    out.extend_from_slice(&(len as u64).to_be_bytes());
-                }
-            }
+            push_server_head(out, (fin_op & 0xf0) | reply, len);
             let start = out.len();
             out.extend_from_slice(&b[head..head + len]);
             unmask(&mut out[start..], key);
@@ -73,21 +47,6 @@ fn echo_frames(input: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
         if opcode == 0x8 {
             return (at, true);
         }
-    }
-}
-
-/// XOR with the key, eight bytes at a time.
-fn unmask(data: &mut [u8], key: [u8; 4]) {
-    let k8 = u64::from_ne_bytes([
-        key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3],
-    ]);
-    let mut chunks = data.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = u64::from_ne_bytes(c.try_into().expect("8 bytes")) ^ k8;
-        c.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-        *b ^= key[i % 4];
     }
 }
 

@@ -659,6 +659,8 @@ fn fanout(env: &mut Env, table: &mut Table) -> Result<(), String> {
             env.bin.join("peer_tokio_fanout"),
             &["{port}"],
         ),
+        // The floor: one write a subscriber straight from the loop, nothing else.
+        Spec::new(Col::Mio, env.bin.join("peer_mio_fanout"), &["{port}"]),
     ];
     let subs = if env.quick { 5_000 } else { 10_000 };
     let fast_broadcasts = if env.quick { 50 } else { 100 };
